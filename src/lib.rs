@@ -1,0 +1,5 @@
+//! failoverd: a layer-4 TCP failover proxy for Linux.
+#![deny(unsafe_code)]
+
+pub mod config;
+pub mod forward;
