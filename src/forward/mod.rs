@@ -20,10 +20,20 @@ pub struct ForwardOptions {
 }
 
 /// Byte counters, bumped after every splice/copy call.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct ByteCounters {
     pub to_backend: metrics::Counter,
     pub to_client: metrics::Counter,
+}
+
+impl ByteCounters {
+    /// Counters that count nothing (tests, benches).
+    pub fn noop() -> Self {
+        ByteCounters {
+            to_backend: metrics::Counter::noop(),
+            to_client: metrics::Counter::noop(),
+        }
+    }
 }
 
 /// Why forwarding ended.
