@@ -1,1 +1,241 @@
-fn main() {}
+//! The `failoverd` binary: command line, logging and metrics set-up, exit
+//! status. Everything else lives in the library.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+use failoverd::config::{self, Config};
+use failoverd::control::{self, Request};
+use failoverd::proxy::Proxy;
+
+/// Where `ctl` looks for the control socket when neither `--socket` nor
+/// `-c` says.
+const DEFAULT_SOCKET: &str = "/run/failoverd/failoverd.sock";
+
+#[derive(Parser)]
+#[command(name = "failoverd", version, about = "Layer-4 TCP failover proxy")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy with this config.
+    Run {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
+    },
+    /// Validate the config and print a summary; binds nothing.
+    Check {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Talk to a running instance over its control socket.
+    Ctl {
+        /// Read the socket path from this config's `admin.socket`.
+        #[arg(short, long, value_name = "FILE", conflicts_with = "socket")]
+        config: Option<PathBuf>,
+        /// The control socket path.
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+        #[command(subcommand)]
+        action: CtlAction,
+    },
+    /// Start two backends and the proxy on loopback, fail over and back, report.
+    Demo,
+}
+
+#[derive(Subcommand)]
+enum CtlAction {
+    /// Per service: the active backend; per backend: state and connections.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Maintenance: never choose this backend (checks go on).
+    Disable { service: String, backend: String },
+    /// Undo `disable`.
+    Enable { service: String, backend: String },
+    /// Re-read the config file, like SIGHUP.
+    Reload,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { config, log_format } => run(&config, log_format),
+        Command::Check { config } => check(&config),
+        Command::Ctl {
+            config,
+            socket,
+            action,
+        } => ctl(config, socket, action),
+        Command::Demo => demo(),
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+}
+
+fn load_or_report(path: &Path) -> Result<Config, ExitCode> {
+    config::load(path).map_err(|err| {
+        eprintln!("{err}");
+        ExitCode::from(2)
+    })
+}
+
+fn check(path: &Path) -> ExitCode {
+    match load_or_report(path) {
+        Ok(config) => {
+            print!("{}", config.summary());
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+fn run(path: &Path, format: LogFormat) -> ExitCode {
+    let config = match load_or_report(path) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    init_logging(format);
+    let runtime = match runtime() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("failoverd: cannot start the runtime: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err:#}");
+            eprintln!("failoverd: {err:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Start everything the config asks for, then wait for SIGTERM/SIGINT.
+async fn serve(config: Config) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let stop = CancellationToken::new();
+    let handle = failoverd::metrics::install().map_err(anyhow::Error::msg)?;
+    if let Some(addr) = config.admin.metrics {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("admin.metrics: cannot listen on {addr}"))?;
+        tracing::info!(address = %listener.local_addr()?, "metrics listening");
+        tokio::spawn(failoverd::metrics::serve(listener, handle, stop.clone()));
+    }
+    metrics::gauge!(failoverd::metrics::CONFIG_LAST_RELOAD_SUCCESSFUL).set(1.0);
+    let admin = config.admin.clone();
+    let socket = match &admin.socket {
+        Some(path) => Some((
+            control::bind(path)
+                .await
+                .with_context(|| format!("admin.socket: cannot create {}", path.display()))?,
+            path.clone(),
+        )),
+        None => None,
+    };
+    let proxy: Arc<Proxy> = Proxy::start(config).await?;
+    if let Some((listener, path)) = socket {
+        tokio::spawn(control::serve(
+            listener,
+            path,
+            Arc::clone(&proxy),
+            stop.clone(),
+        ));
+    }
+    let result = control::run_signals(Arc::clone(&proxy), admin.shutdown_timeout).await;
+    stop.cancel();
+    // Let the control socket task remove its file.
+    tokio::task::yield_now().await;
+    if let Some(path) = &admin.socket {
+        let _ = std::fs::remove_file(path);
+    }
+    result.context("signal handling")
+}
+
+fn ctl(config: Option<PathBuf>, socket: Option<PathBuf>, action: CtlAction) -> ExitCode {
+    let path = match (socket, config) {
+        (Some(path), _) => path,
+        (None, Some(file)) => match load_or_report(&file) {
+            Ok(cfg) => cfg
+                .admin
+                .socket
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET)),
+            Err(code) => return code,
+        },
+        (None, None) => PathBuf::from(DEFAULT_SOCKET),
+    };
+    let (request, json) = match action {
+        CtlAction::Status { json } => (Request::Status, json),
+        CtlAction::Disable { service, backend } => (Request::Disable { service, backend }, false),
+        CtlAction::Enable { service, backend } => (Request::Enable { service, backend }, false),
+        CtlAction::Reload => (Request::Reload, false),
+    };
+    let is_reload = request == Request::Reload;
+    let response = match runtime().and_then(|rt| rt.block_on(control::request(&path, &request))) {
+        Ok(response) => response,
+        Err(err) => {
+            eprintln!("failoverd ctl: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    if !response.ok {
+        eprintln!(
+            "failoverd ctl: {}",
+            response.error.as_deref().unwrap_or("request failed")
+        );
+        return ExitCode::from(if is_reload { 2 } else { 1 });
+    }
+    match (&response.status, json) {
+        (Some(status), true) => match serde_json::to_string(status) {
+            Ok(text) => println!("{text}"),
+            Err(err) => {
+                eprintln!("failoverd ctl: {err}");
+                return ExitCode::from(1);
+            }
+        },
+        (Some(status), false) => print!("{}", control::format_status(status)),
+        (None, _) if is_reload => println!("reload applied"),
+        (None, _) => println!("ok"),
+    }
+    ExitCode::SUCCESS
+}
+
+fn demo() -> ExitCode {
+    eprintln!("failoverd demo: not built yet");
+    ExitCode::from(1)
+}

@@ -1,0 +1,274 @@
+//! Runtime state of backends and services, and the lock-free pointer the
+//! data path reads.
+//!
+//! A [`Service`] holds one [`ArcSwap`] of an immutable [`Snapshot`]: the
+//! effective settings, the backends in priority order and the index of the
+//! active one. The failover engine (`engine.rs`) is the only writer; a
+//! connection loads the snapshot once and keeps it for its life. Per-backend
+//! health flags are atomics so the data path can order its connect attempts
+//! without a lock. This module decides nothing.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use metrics::{Counter, Gauge, Histogram};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{BackendAddress, Settings};
+use crate::engine::Event;
+use crate::forward::ByteCounters;
+use crate::health::Hysteresis;
+use crate::metrics as m;
+
+/// One backend of one service. Shared by every snapshot that contains it, so
+/// a reload that keeps a backend (same name and address) keeps its state.
+pub struct Backend {
+    pub service: String,
+    pub name: String,
+    pub address: BackendAddress,
+    up: AtomicBool,
+    enabled: AtomicBool,
+    /// Consecutive failed connects on live traffic.
+    passive_errors: AtomicU32,
+    /// Open client connections on this backend.
+    connections: AtomicU64,
+    /// Cancelled (and replaced) to close every connection on this backend.
+    close: ArcSwap<CancellationToken>,
+    /// Parent of every `close` token: cancelled at the end of a shutdown.
+    root: CancellationToken,
+    /// State only the engine touches (uncontended).
+    pub(crate) engine: Mutex<EngineState>,
+    pub metrics: BackendMetrics,
+}
+
+/// Health bookkeeping owned by the failover engine.
+#[derive(Debug, Clone)]
+pub(crate) struct EngineState {
+    pub hysteresis: Hysteresis,
+    /// When the backend last became up (start-up counts).
+    pub up_since: Option<Instant>,
+    /// When the up/down state last changed.
+    pub last_change: Instant,
+    /// Why it went down: `health_check` or `passive`.
+    pub down_reason: &'static str,
+}
+
+/// Metric handles resolved once per backend.
+pub struct BackendMetrics {
+    pub connections_total: Counter,
+    pub connections_active: Gauge,
+    pub connect_errors: Counter,
+    pub bytes: ByteCounters,
+    pub up: Gauge,
+    pub active: Gauge,
+    pub checks_ok: Counter,
+    pub checks_fail: Counter,
+    pub check_duration: Histogram,
+    pub last_check: Gauge,
+}
+
+impl BackendMetrics {
+    fn new(service: &str, backend: &str) -> Self {
+        let labels = [
+            ("service", service.to_string()),
+            ("backend", backend.to_string()),
+        ];
+        let with = |key: &'static str, value: &'static str| {
+            let mut l = labels.to_vec();
+            l.push((key, value.to_string()));
+            l
+        };
+        BackendMetrics {
+            connections_total: metrics::counter!(m::CONNECTIONS_TOTAL, &labels),
+            connections_active: metrics::gauge!(m::CONNECTIONS_ACTIVE, &labels),
+            connect_errors: metrics::counter!(m::CONNECT_ERRORS_TOTAL, &labels),
+            bytes: ByteCounters {
+                to_backend: metrics::counter!(m::BYTES_TOTAL, &with("direction", "to_backend")),
+                to_client: metrics::counter!(m::BYTES_TOTAL, &with("direction", "to_client")),
+            },
+            up: metrics::gauge!(m::BACKEND_UP, &labels),
+            active: metrics::gauge!(m::BACKEND_ACTIVE, &labels),
+            checks_ok: metrics::counter!(m::HEALTH_CHECKS_TOTAL, &with("result", "ok")),
+            checks_fail: metrics::counter!(m::HEALTH_CHECKS_TOTAL, &with("result", "fail")),
+            check_duration: metrics::histogram!(m::HEALTH_CHECK_DURATION_SECONDS, &labels),
+            last_check: metrics::gauge!(m::LAST_HEALTH_CHECK_TIMESTAMP_SECONDS, &labels),
+        }
+    }
+}
+
+impl Backend {
+    /// A new backend starts up and enabled (SPEC.md: Start-up).
+    pub fn new(
+        service: &str,
+        name: &str,
+        address: BackendAddress,
+        root: &CancellationToken,
+    ) -> Self {
+        let metrics = BackendMetrics::new(service, name);
+        metrics.up.set(1.0);
+        let now = Instant::now();
+        Backend {
+            service: service.to_string(),
+            name: name.to_string(),
+            address,
+            up: AtomicBool::new(true),
+            enabled: AtomicBool::new(true),
+            passive_errors: AtomicU32::new(0),
+            connections: AtomicU64::new(0),
+            close: ArcSwap::from_pointee(root.child_token()),
+            root: root.clone(),
+            engine: Mutex::new(EngineState {
+                hysteresis: Hysteresis::new_up(),
+                up_since: Some(now),
+                last_change: now,
+                down_reason: "health_check",
+            }),
+            metrics,
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    pub fn set_up(&self, up: bool) {
+        self.up.store(up, Ordering::Release);
+        self.metrics.up.set(if up { 1.0 } else { 0.0 });
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        self.enabled.load(Ordering::Acquire)
+    }
+
+    pub fn set_enabled(&self, enabled: bool) {
+        self.enabled.store(enabled, Ordering::Release);
+    }
+
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// The token a new connection to this backend watches; take it before
+    /// connecting so a switch during the connect still closes it.
+    pub fn close_token(&self) -> CancellationToken {
+        CancellationToken::clone(&self.close.load())
+    }
+
+    /// Close every connection on this backend (switch with `on_switch = "close"`).
+    pub fn close_connections(&self) {
+        let old = self.close.swap(Arc::new(self.root.child_token()));
+        old.cancel();
+    }
+
+    /// Record a failed connect on live traffic; returns the consecutive count.
+    pub fn record_connect_error(&self) -> u32 {
+        self.metrics.connect_errors.increment(1);
+        self.passive_errors.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// Record a successful connect: the consecutive count starts over.
+    pub fn record_connect_ok(&self) {
+        // Read first: most connects succeed and the count is already 0, so
+        // the cache line stays shared between cores.
+        if self.passive_errors.load(Ordering::Relaxed) != 0 {
+            self.passive_errors.store(0, Ordering::Relaxed);
+        }
+    }
+
+    pub fn passive_errors(&self) -> u32 {
+        self.passive_errors.load(Ordering::Relaxed)
+    }
+
+    /// Reset the passive count (the engine does this when it marks the backend down or up).
+    pub fn reset_passive_errors(&self) {
+        self.passive_errors.store(0, Ordering::Relaxed);
+    }
+
+    /// Consecutive failures as shown by `ctl status`: failed checks, or
+    /// failed connects on live traffic, whichever run is longer.
+    pub fn consecutive_failures(&self) -> u32 {
+        let checks = self
+            .engine
+            .lock()
+            .map(|e| e.hysteresis.consecutive_fail)
+            .unwrap_or(0);
+        checks.max(self.passive_errors())
+    }
+
+    /// Count one open connection until the guard drops.
+    pub fn open_connection(self: &Arc<Self>) -> ConnectionGuard {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+        self.metrics.connections_total.increment(1);
+        self.metrics.connections_active.increment(1.0);
+        ConnectionGuard(Arc::clone(self))
+    }
+}
+
+/// Decrements the backend's open-connection count on drop.
+pub struct ConnectionGuard(Arc<Backend>);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+        self.0.metrics.connections_active.decrement(1.0);
+    }
+}
+
+/// What the data path needs, swapped whole by the engine.
+pub struct Snapshot {
+    pub settings: Arc<Settings>,
+    /// Priority order: index 0 is the primary.
+    pub backends: Vec<Arc<Backend>>,
+    /// Index into `backends` of the active backend; `None` when none is up.
+    pub active: Option<usize>,
+}
+
+impl Snapshot {
+    pub fn active_backend(&self) -> Option<&Arc<Backend>> {
+        self.active.and_then(|i| self.backends.get(i))
+    }
+
+    /// The order in which a new connection tries backends (SPEC.md: Choosing
+    /// a backend): the active one, then the other up ones in priority order,
+    /// then the down ones. Disabled backends are never tried.
+    pub fn connect_order(&self) -> impl Iterator<Item = &Arc<Backend>> {
+        let active = self.active;
+        let first = self.active_backend().filter(|b| b.is_enabled());
+        let others = |want_up: bool| {
+            self.backends
+                .iter()
+                .enumerate()
+                .filter(move |(i, b)| Some(*i) != active && b.is_enabled() && b.is_up() == want_up)
+                .map(|(_, b)| b)
+        };
+        first.into_iter().chain(others(true)).chain(others(false))
+    }
+}
+
+/// One service as the listener and the data path see it.
+pub struct Service {
+    pub name: String,
+    pub state: ArcSwap<Snapshot>,
+    pub client_failures: Counter,
+    /// `max_connections` as a semaphore; replaced whole on reload.
+    pub limit: ArcSwap<crate::listener::Limit>,
+    pub(crate) events: mpsc::UnboundedSender<Event>,
+}
+
+impl Service {
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.state.load_full()
+    }
+
+    /// The data path's hook for a failed connect (passive detection).
+    pub fn report_connect_error(&self, backend: &Arc<Backend>, threshold: u32) {
+        let count = backend.record_connect_error();
+        if threshold > 0 && count >= threshold && backend.is_up() {
+            // The engine may be gone during shutdown; nothing to do then.
+            let _ = self.events.send(Event::PassiveDown(Arc::clone(backend)));
+        }
+    }
+}

@@ -1,0 +1,385 @@
+//! The `notify` hook: runs the operator's command once per switch, in the
+//! background, with the switch described in `FAILOVERD_*` environment
+//! variables (SPEC.md, Behaviour: notify).
+//!
+//! It must never delay the caller or the data path: the command runs in its
+//! own task, is killed after a time limit, and its failure is only logged.
+//! It does not decide anything and never retries.
+
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::Command;
+use tokio::task::JoinHandle;
+
+/// How long a notify command may run before it is killed (SPEC.md: 10 s).
+pub const NOTIFY_TIME_LIMIT: Duration = Duration::from_secs(10);
+
+/// How much of the command's stderr is kept for the failure log line.
+const STDERR_KEEP_BYTES: usize = 1024;
+
+/// After the command exits, how long to wait for its stderr to close (a
+/// background grandchild may hold it open).
+const STDERR_GRACE: Duration = Duration::from_millis(100);
+
+/// Run the notify command for one switch, in the background: never blocks the caller.
+/// Env: FAILOVERD_SERVICE, FAILOVERD_FROM, FAILOVERD_TO (empty when none), FAILOVERD_REASON.
+/// Killed after `limit` (the proxy passes 10 s). Failure (spawn error, non-zero exit, killed)
+/// logged with tracing::warn! including service and command.
+///
+/// `command[0]` is the program (looked up in `PATH`), the rest its arguments;
+/// no shell is involved. An empty `command` does nothing. stdin and stdout
+/// are `/dev/null`; the tail of stderr goes into the failure log line. Only
+/// the direct child is killed at the limit. Must be called inside a tokio
+/// runtime.
+pub fn spawn_notify(
+    command: &[String],
+    service: &str,
+    from: Option<&str>,
+    to: Option<&str>,
+    reason: &str,
+    limit: Duration,
+) -> JoinHandle<()> {
+    let command = command.to_vec();
+    let env = [
+        ("FAILOVERD_SERVICE", service.to_owned()),
+        ("FAILOVERD_FROM", from.unwrap_or_default().to_owned()),
+        ("FAILOVERD_TO", to.unwrap_or_default().to_owned()),
+        ("FAILOVERD_REASON", reason.to_owned()),
+    ];
+    let service = service.to_owned();
+    let reason = reason.to_owned();
+    tokio::spawn(async move {
+        if command.is_empty() {
+            return;
+        }
+        if let Err(problem) = run(&command, &env, limit).await {
+            tracing::warn!(
+                service = %service,
+                command = ?command,
+                reason = %reason,
+                error = %problem,
+                "notify command failed"
+            );
+        }
+    })
+}
+
+/// Run the command to completion or until `limit`; `Err` describes a failure.
+async fn run(command: &[String], env: &[(&str, String)], limit: Duration) -> Result<(), String> {
+    let Some((program, args)) = command.split_first() else {
+        return Ok(());
+    };
+    let mut child = Command::new(program)
+        .args(args)
+        .envs(env.iter().map(|(key, value)| (key, value)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|err| format!("cannot start {program:?}: {err}; check the notify path"))?;
+
+    // Drain stderr in its own task so a chatty command never blocks on a full pipe.
+    let stderr = child
+        .stderr
+        .take()
+        .map(|pipe| tokio::spawn(read_tail(pipe)));
+
+    let status = match tokio::time::timeout(limit, child.wait()).await {
+        Ok(Ok(status)) => status,
+        Ok(Err(err)) => return Err(format!("waiting for it failed: {err}")),
+        Err(_elapsed) => {
+            // kill() also reaps the child, so no zombie is left behind.
+            let killed = child.kill().await;
+            abort(stderr);
+            return Err(match killed {
+                Ok(()) => format!("killed after {limit:?} (notify time limit)"),
+                Err(err) => format!("still running after {limit:?} and kill failed: {err}"),
+            });
+        }
+    };
+    if status.success() {
+        abort(stderr);
+        return Ok(());
+    }
+    let tail = match stderr {
+        Some(task) => collect(task).await,
+        None => String::new(),
+    };
+    Err(describe(status, &tail))
+}
+
+fn describe(status: ExitStatus, stderr: &str) -> String {
+    let stderr = stderr.trim();
+    if stderr.is_empty() {
+        format!("{status}")
+    } else {
+        format!("{status}: {stderr}")
+    }
+}
+
+/// Read the pipe to EOF, keeping only the last [`STDERR_KEEP_BYTES`].
+async fn read_tail(mut pipe: impl AsyncRead + Unpin) -> Vec<u8> {
+    let mut tail = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => return tail,
+            Ok(n) => {
+                tail.extend_from_slice(&buf[..n]);
+                if tail.len() > STDERR_KEEP_BYTES {
+                    tail.drain(..tail.len() - STDERR_KEEP_BYTES);
+                }
+            }
+        }
+    }
+}
+
+async fn collect(mut task: JoinHandle<Vec<u8>>) -> String {
+    match tokio::time::timeout(STDERR_GRACE, &mut task).await {
+        Ok(Ok(bytes)) => String::from_utf8_lossy(&bytes).into_owned(),
+        Ok(Err(_)) => String::new(),
+        Err(_) => {
+            task.abort();
+            String::new()
+        }
+    }
+}
+
+fn abort(task: Option<JoinHandle<Vec<u8>>>) {
+    if let Some(task) = task {
+        task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+    use std::time::Instant;
+
+    /// A temp file path unique to this test run; removed on drop.
+    struct TempPath(PathBuf);
+
+    impl TempPath {
+        fn new(tag: &str) -> Self {
+            use std::sync::atomic::{AtomicU32, Ordering};
+            static NEXT: AtomicU32 = AtomicU32::new(0);
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let name = format!("failoverd-notify-{tag}-{}-{n}", std::process::id());
+            TempPath(std::env::temp_dir().join(name))
+        }
+        fn arg(&self) -> String {
+            self.0.to_string_lossy().into_owned()
+        }
+    }
+
+    impl Drop for TempPath {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    fn sh(script: &str, args: &[&str]) -> Vec<String> {
+        let mut command = vec![
+            "sh".to_owned(),
+            "-c".to_owned(),
+            script.to_owned(),
+            "sh".to_owned(),
+        ];
+        command.extend(args.iter().map(|a| (*a).to_owned()));
+        command
+    }
+
+    const WRITE_ENV: &str = r#"printf '%s|%s|%s|%s' "$FAILOVERD_SERVICE" "$FAILOVERD_FROM" "$FAILOVERD_TO" "$FAILOVERD_REASON" > "$1""#;
+
+    async fn bounded<T>(fut: impl std::future::Future<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(5), fut)
+            .await
+            .expect("test took too long")
+    }
+
+    #[tokio::test]
+    async fn notify_passes_the_switch_in_the_environment() {
+        let out = TempPath::new("env");
+        let command = sh(WRITE_ENV, &[&out.arg()]);
+        let handle = spawn_notify(
+            &command,
+            "db",
+            Some("primary"),
+            Some("standby"),
+            "health_check",
+            NOTIFY_TIME_LIMIT,
+        );
+        bounded(handle).await.unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&out.0).unwrap(),
+            "db|primary|standby|health_check"
+        );
+    }
+
+    #[tokio::test]
+    async fn notify_sets_empty_to_when_no_backend_is_up() {
+        let out = TempPath::new("none");
+        let command = sh(WRITE_ENV, &[&out.arg()]);
+        let handle = spawn_notify(
+            &command,
+            "db",
+            Some("standby"),
+            None,
+            "passive",
+            NOTIFY_TIME_LIMIT,
+        );
+        bounded(handle).await.unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&out.0).unwrap(),
+            "db|standby||passive"
+        );
+    }
+
+    #[tokio::test]
+    async fn notify_kills_a_command_past_the_limit() {
+        let started = Instant::now();
+        let command = vec!["sleep".to_owned(), "30".to_owned()];
+        let handle = spawn_notify(
+            &command,
+            "db",
+            None,
+            Some("primary"),
+            "failback",
+            Duration::from_millis(200),
+        );
+        tokio::time::timeout(Duration::from_secs(2), handle)
+            .await
+            .expect("notify task must end soon after the limit")
+            .unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(200));
+    }
+
+    #[tokio::test]
+    async fn notify_returns_before_the_command_finishes() {
+        let out = TempPath::new("async");
+        let command = sh(r#"sleep 0.5; echo done > "$1""#, &[&out.arg()]);
+        let started = Instant::now();
+        let handle = spawn_notify(
+            &command,
+            "db",
+            Some("primary"),
+            Some("standby"),
+            "disabled",
+            NOTIFY_TIME_LIMIT,
+        );
+        assert!(started.elapsed() < Duration::from_millis(100));
+        assert!(!handle.is_finished());
+        assert!(!out.0.exists(), "command must still be running");
+        bounded(handle).await.unwrap();
+        assert_eq!(std::fs::read_to_string(&out.0).unwrap(), "done\n");
+    }
+
+    #[tokio::test]
+    async fn notify_survives_failing_commands() {
+        let missing = vec!["/nonexistent/failoverd-notify".to_owned()];
+        bounded(spawn_notify(
+            &missing,
+            "db",
+            None,
+            None,
+            "reload",
+            NOTIFY_TIME_LIMIT,
+        ))
+        .await
+        .unwrap();
+        let failing = sh("echo oops >&2; exit 3", &[]);
+        bounded(spawn_notify(
+            &failing,
+            "db",
+            None,
+            None,
+            "reload",
+            NOTIFY_TIME_LIMIT,
+        ))
+        .await
+        .unwrap();
+        bounded(spawn_notify(
+            &[],
+            "db",
+            None,
+            None,
+            "reload",
+            NOTIFY_TIME_LIMIT,
+        ))
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn failure_description_includes_status_and_stderr() {
+        let command = sh("echo 'no route to pager' >&2; exit 3", &[]);
+        let env = [("FAILOVERD_SERVICE", "db".to_owned())];
+        let err = bounded(run(&command, &env, NOTIFY_TIME_LIMIT))
+            .await
+            .unwrap_err();
+        assert_eq!(err, "exit status: 3: no route to pager");
+        let err = bounded(run(&["/nonexistent/x".to_owned()], &env, NOTIFY_TIME_LIMIT))
+            .await
+            .unwrap_err();
+        assert!(err.starts_with("cannot start \"/nonexistent/x\""), "{err}");
+        let err = bounded(run(
+            &["sleep".to_owned(), "30".to_owned()],
+            &env,
+            Duration::from_millis(100),
+        ))
+        .await
+        .unwrap_err();
+        assert_eq!(err, "killed after 100ms (notify time limit)");
+    }
+
+    /// Collects formatted log output for one test.
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn notify_failure_is_logged_with_service_and_command() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        // Thread-local default: the current-thread test runtime polls the
+        // notify task on this thread.
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let command = sh("exit 7", &[]);
+        bounded(spawn_notify(
+            &command,
+            "db",
+            Some("a"),
+            Some("b"),
+            "passive",
+            NOTIFY_TIME_LIMIT,
+        ))
+        .await
+        .unwrap();
+        let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        assert!(log.contains("WARN"), "{log}");
+        assert!(log.contains("notify command failed"), "{log}");
+        assert!(log.contains("service=db"), "{log}");
+        assert!(
+            log.contains(r#"command=["sh", "-c", "exit 7", "sh"]"#),
+            "{log}"
+        );
+        assert!(log.contains("exit status: 7"), "{log}");
+    }
+}

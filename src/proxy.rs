@@ -1,0 +1,296 @@
+//! The running proxy: every service's listener, accept loop and engine, and
+//! the operations on them as a whole (start, reload, status, maintenance,
+//! shutdown).
+//!
+//! Signals and the control socket (`control.rs`) call into [`Proxy`]; tests
+//! drive it directly. It does not parse config files or forward bytes.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::info;
+
+use crate::config::{Config, ServiceConfig};
+use crate::engine::{self, EngineHandle, Event};
+use crate::listener;
+
+/// A start-up failure other than a bad config (exit status 1).
+#[derive(Debug, thiserror::Error)]
+#[error("service \"{service}\": cannot listen on {address}: {source}")]
+pub struct BindError {
+    pub service: String,
+    pub address: SocketAddr,
+    #[source]
+    pub source: io::Error,
+}
+
+struct Running {
+    config: ServiceConfig,
+    /// The address actually bound (port 0 resolved).
+    bound: SocketAddr,
+    engine: EngineHandle,
+    /// Stops this service's accept loop (and so closes its listener).
+    stop_accept: CancellationToken,
+}
+
+struct State {
+    config: Config,
+    services: Vec<Running>,
+}
+
+/// A running failoverd.
+pub struct Proxy {
+    state: Mutex<State>,
+    /// Every connection task, for draining at shutdown.
+    connections: TaskTracker,
+    /// Parent of every connection's close token: cancelled when the drain
+    /// deadline passes.
+    root: CancellationToken,
+    /// Stops every accept loop.
+    stop_accept: CancellationToken,
+}
+
+impl Proxy {
+    /// Bind every listener, start engines and accept loops.
+    pub async fn start(config: Config) -> Result<Arc<Proxy>, BindError> {
+        let root = CancellationToken::new();
+        let stop_accept = CancellationToken::new();
+        let connections = TaskTracker::new();
+        let mut services = Vec::with_capacity(config.services.len());
+        for service in &config.services {
+            services.push(start_service(service, &root, &stop_accept, &connections)?);
+        }
+        Ok(Arc::new(Proxy {
+            state: Mutex::new(State { config, services }),
+            connections,
+            root,
+            stop_accept,
+        }))
+    }
+
+    /// The bound listen address of a service (tests use port 0).
+    pub async fn local_addr(&self, service: &str) -> Option<SocketAddr> {
+        let state = self.state.lock().await;
+        state
+            .services
+            .iter()
+            .find(|s| s.config.name == service)
+            .map(|s| s.bound)
+    }
+
+    /// The config in force.
+    pub async fn config(&self) -> Config {
+        self.state.lock().await.config.clone()
+    }
+
+    /// Apply a validated config (SPEC.md: SIGHUP). Services are matched by
+    /// name; an unchanged listen address keeps its socket. If a new address
+    /// cannot be bound, nothing changes.
+    pub async fn reload(&self, config: Config) -> Result<(), BindError> {
+        let mut state = self.state.lock().await;
+        // Bind every new or moved listener first, so a failure changes nothing.
+        let mut fresh: HashMap<String, Running> = HashMap::new();
+        for service in &config.services {
+            let keep = state.services.iter().any(|r| {
+                r.config.name == service.name
+                    && r.config.listen == service.listen
+                    && r.config.freebind == service.freebind
+            });
+            if !keep {
+                let running =
+                    start_service(service, &self.root, &self.stop_accept, &self.connections)?;
+                fresh.insert(service.name.clone(), running);
+            }
+        }
+        let mut old: Vec<Running> = std::mem::take(&mut state.services);
+        let mut next = Vec::with_capacity(config.services.len());
+        for service in &config.services {
+            if let Some(running) = fresh.remove(&service.name) {
+                next.push(running);
+                continue;
+            }
+            let Some(pos) = old.iter().position(|r| r.config.name == service.name) else {
+                continue;
+            };
+            let mut running = old.swap_remove(pos);
+            running
+                .engine
+                .request(|reply| Event::Reload {
+                    config: Box::new(service.clone()),
+                    reply,
+                })
+                .await;
+            running.config = service.clone();
+            next.push(running);
+        }
+        // Services removed, or whose listen address moved: close the old
+        // listener; their established connections drain on their own.
+        for gone in old {
+            info!(service = %gone.config.name, listen = %gone.bound, "listener closed by reload");
+            gone.stop_accept.cancel();
+        }
+        state.services = next;
+        state.config = config;
+        Ok(())
+    }
+
+    /// `ctl enable` / `ctl disable`. Errors name what was not found.
+    pub async fn set_enabled(
+        &self,
+        service: &str,
+        backend: &str,
+        enabled: bool,
+    ) -> Result<(), String> {
+        let state = self.state.lock().await;
+        let running = state
+            .services
+            .iter()
+            .find(|s| s.config.name == service)
+            .ok_or_else(|| format!("unknown service \"{service}\""))?;
+        let found = running
+            .engine
+            .request(|reply| Event::SetEnabled {
+                backend: backend.to_string(),
+                enabled,
+                reply,
+            })
+            .await
+            .unwrap_or(false);
+        if found {
+            Ok(())
+        } else {
+            Err(format!(
+                "service \"{service}\": unknown backend \"{backend}\""
+            ))
+        }
+    }
+
+    /// The state `ctl status` shows.
+    pub async fn status(&self) -> Status {
+        let state = self.state.lock().await;
+        let services = state
+            .services
+            .iter()
+            .map(|running| {
+                let snapshot = running.engine.service.snapshot();
+                let active = snapshot.active_backend().map(|b| b.name.clone());
+                let backends = snapshot
+                    .backends
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| BackendStatus {
+                        name: b.name.clone(),
+                        address: b.address.to_string(),
+                        state: if b.is_up() { "up" } else { "down" }.to_string(),
+                        enabled: b.is_enabled(),
+                        active: snapshot.active == Some(i),
+                        consecutive_failures: b.consecutive_failures(),
+                        connections: b.connections(),
+                    })
+                    .collect();
+                ServiceStatus {
+                    name: running.config.name.clone(),
+                    listen: running.bound.to_string(),
+                    active,
+                    backends,
+                }
+            })
+            .collect();
+        Status { services }
+    }
+
+    /// Graceful shutdown: stop accepting (new connects are refused at once),
+    /// wait up to `timeout` for open connections, then close the rest.
+    /// Returns how many were closed by force.
+    pub async fn shutdown(&self, timeout: Duration) -> usize {
+        self.stop_accept.cancel();
+        self.connections.close();
+        {
+            let state = self.state.lock().await;
+            for running in &state.services {
+                running.stop_accept.cancel();
+            }
+        }
+        if tokio::time::timeout(timeout, self.connections.wait())
+            .await
+            .is_ok()
+        {
+            return 0;
+        }
+        let forced = self.connections.len();
+        self.root.cancel();
+        self.connections.wait().await;
+        let state = self.state.lock().await;
+        for running in &state.services {
+            running.engine.stop();
+        }
+        forced
+    }
+
+    /// Open client connections across all services.
+    pub fn open_connections(&self) -> usize {
+        self.connections.len()
+    }
+}
+
+fn start_service(
+    config: &ServiceConfig,
+    root: &CancellationToken,
+    stop_all: &CancellationToken,
+    connections: &TaskTracker,
+) -> Result<Running, BindError> {
+    let bind_error = |source| BindError {
+        service: config.name.clone(),
+        address: config.listen,
+        source,
+    };
+    let socket = listener::bind(config.listen, config.freebind).map_err(bind_error)?;
+    let bound = socket.local_addr().map_err(bind_error)?;
+    let engine = engine::start(config, root);
+    let stop_accept = stop_all.child_token();
+    tokio::spawn(listener::accept_loop(
+        socket,
+        Arc::clone(&engine.service),
+        stop_accept.clone(),
+        connections.clone(),
+    ));
+    info!(service = %config.name, listen = %bound, "listening");
+    Ok(Running {
+        config: config.clone(),
+        bound,
+        engine,
+        stop_accept,
+    })
+}
+
+/// `ctl status --json`, as in SPEC.md.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct Status {
+    pub services: Vec<ServiceStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub listen: String,
+    pub active: Option<String>,
+    pub backends: Vec<BackendStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct BackendStatus {
+    pub name: String,
+    pub address: String,
+    pub state: String,
+    pub enabled: bool,
+    pub active: bool,
+    pub consecutive_failures: u32,
+    pub connections: u64,
+}
