@@ -19,6 +19,7 @@ use tracing::{debug, warn};
 use crate::backend::{Backend, Service};
 use crate::config::BackendAddress;
 use crate::forward::{self, ForwardOptions};
+use crate::listener;
 
 /// TCP keepalive on both sockets so a vanished peer is noticed: first probe
 /// after 60 s idle, then every 10 s, given up after 6 unanswered probes.
@@ -62,6 +63,12 @@ pub async fn handle(
                         .await;
                 log_end(&service, backend, id, peer, started, result);
                 return;
+            }
+            Err(err) if listener::is_resource_error(&err) => {
+                // Out of fds or memory here: not the backend's fault, and
+                // the next backend would fail the same way.
+                warn!(service = %service.name, id, error = %err, "no resources to connect, closing client");
+                break;
             }
             Err(err) => {
                 warn!(

@@ -111,7 +111,9 @@ pub async fn accept_loop(
     }
 }
 
-fn is_resource_error(err: &io::Error) -> bool {
+/// Errors that mean this process is out of a resource (fds, buffers,
+/// memory): transient, and never a peer's fault.
+pub fn is_resource_error(err: &io::Error) -> bool {
     matches!(
         err.raw_os_error(),
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
