@@ -272,3 +272,82 @@ impl Service {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+
+    fn snapshot(states: &[(bool, bool)], active: Option<usize>) -> Snapshot {
+        let root = CancellationToken::new();
+        let backends = states
+            .iter()
+            .enumerate()
+            .map(|(i, &(up, enabled))| {
+                let addr: SocketAddr = format!("127.0.0.1:{}", 1000 + i).parse().unwrap();
+                let b = Backend::new("svc", &format!("b{i}"), BackendAddress::Ip(addr), &root);
+                b.set_up(up);
+                b.set_enabled(enabled);
+                Arc::new(b)
+            })
+            .collect();
+        Snapshot {
+            settings: Arc::new(Settings::default()),
+            backends,
+            active,
+        }
+    }
+
+    fn order(s: &Snapshot) -> Vec<String> {
+        s.connect_order().map(|b| b.name.clone()).collect()
+    }
+
+    #[test]
+    fn connect_order_is_active_then_up_then_down_and_never_disabled() {
+        type Case<'a> = (&'a [(bool, bool)], Option<usize>, &'a [&'a str]);
+        let cases: &[Case] = &[
+            (&[(true, true), (true, true)], Some(0), &["b0", "b1"]),
+            (
+                &[(false, true), (true, true), (true, true)],
+                Some(1),
+                &["b1", "b2", "b0"],
+            ),
+            (
+                &[(true, true), (true, true), (false, true)],
+                Some(1),
+                &["b1", "b0", "b2"],
+            ),
+            (&[(false, true), (false, true)], None, &["b0", "b1"]),
+            (&[(true, false), (true, true)], Some(1), &["b1"]),
+            (&[(true, false), (false, false)], None, &[]),
+        ];
+        for (states, active, want) in cases {
+            assert_eq!(
+                order(&snapshot(states, *active)),
+                *want,
+                "states {states:?} active {active:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn close_connections_cancels_old_tokens_only() {
+        let s = snapshot(&[(true, true)], Some(0));
+        let b = &s.backends[0];
+        let old = b.close_token();
+        b.close_connections();
+        assert!(old.is_cancelled());
+        assert!(!b.close_token().is_cancelled());
+    }
+
+    #[test]
+    fn passive_errors_count_until_a_good_connect() {
+        let s = snapshot(&[(true, true)], Some(0));
+        let b = &s.backends[0];
+        assert_eq!(b.record_connect_error(), 1);
+        assert_eq!(b.record_connect_error(), 2);
+        b.record_connect_ok();
+        assert_eq!(b.passive_errors(), 0);
+        assert_eq!(b.record_connect_error(), 1);
+    }
+}

@@ -157,6 +157,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         tracing::info!(address = %listener.local_addr()?, "metrics listening");
         tokio::spawn(failoverd::metrics::serve(listener, handle, stop.clone()));
     }
+    // Present from the start, so an alert on reload errors has a series.
+    for result in ["ok", "error"] {
+        metrics::counter!(failoverd::metrics::CONFIG_RELOADS_TOTAL, "result" => result)
+            .increment(0);
+    }
     metrics::gauge!(failoverd::metrics::CONFIG_LAST_RELOAD_SUCCESSFUL).set(1.0);
     let admin = config.admin.clone();
     let socket = match &admin.socket {
