@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 /// Log to the test's output when RUST_LOG is set.
 pub fn init_logging() {
@@ -40,6 +41,9 @@ pub enum Mode {
     Greet,
     /// Accept and never read or write (a hung server).
     Hang,
+    /// Answer each line: `PING` gets `PONG\r\n`, any other line gets the
+    /// backend's name and a newline (see [`who_answers_when_asked`]).
+    PingPong,
 }
 
 /// A backend on 127.0.0.1 that can be stopped (connections refused) and
@@ -49,6 +53,8 @@ pub struct TestBackend {
     pub addr: SocketAddr,
     mode: Mode,
     task: Option<JoinHandle<()>>,
+    /// Cancelled (and replaced) to close every accepted connection.
+    conns: CancellationToken,
     /// Connections accepted, health checks included.
     pub accepted: Arc<AtomicUsize>,
     /// Connections that sent at least one byte (client traffic, not checks).
@@ -66,6 +72,7 @@ impl TestBackend {
             addr,
             mode,
             task: None,
+            conns: CancellationToken::new(),
             accepted: Arc::new(AtomicUsize::new(0)),
             served: Arc::new(AtomicUsize::new(0)),
         };
@@ -78,15 +85,22 @@ impl TestBackend {
         let mode = self.mode;
         let accepted = Arc::clone(&self.accepted);
         let served = Arc::clone(&self.served);
+        let conns = self.conns.clone();
         self.task = Some(tokio::spawn(async move {
-            let mut conns = tokio::task::JoinSet::new();
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
                 accepted.fetch_add(1, Ordering::Relaxed);
                 let name = name.clone();
-                conns.spawn(serve_conn(stream, name, mode, Arc::clone(&served)));
+                let served = Arc::clone(&served);
+                let conns = conns.clone();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = serve_conn(stream, name, mode, served) => {}
+                        _ = conns.cancelled() => {}
+                    }
+                });
             }
         }));
     }
@@ -95,6 +109,17 @@ impl TestBackend {
     pub fn stop(&mut self) {
         if let Some(task) = self.task.take() {
             task.abort();
+        }
+        self.conns.cancel();
+        self.conns = CancellationToken::new();
+    }
+
+    /// Stop listening and return once the listening socket is closed (new
+    /// connects are refused from then on); accepted connections go on.
+    pub async fn stop_listening(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
         }
     }
 
@@ -146,6 +171,28 @@ async fn serve_conn(mut stream: TcpStream, name: String, mode: Mode, served: Arc
             echo(stream, served).await;
         }
         Mode::Echo => echo(stream, served).await,
+        Mode::PingPong => ping_pong(stream, name, served).await,
+    }
+}
+
+async fn ping_pong(stream: TcpStream, name: String, served: Arc<AtomicUsize>) {
+    use tokio::io::AsyncBufReadExt;
+    let (r, mut w) = stream.into_split();
+    let mut lines = tokio::io::BufReader::new(r).lines();
+    let mut counted = false;
+    while let Ok(Some(line)) = lines.next_line().await {
+        let answer = if line.trim_end() == "PING" {
+            "PONG\r\n".to_string()
+        } else {
+            if !counted {
+                served.fetch_add(1, Ordering::Relaxed);
+                counted = true;
+            }
+            format!("{name}\n")
+        };
+        if w.write_all(answer.as_bytes()).await.is_err() {
+            return;
+        }
     }
 }
 
@@ -241,6 +288,29 @@ pub async fn who_answers(addr: SocketAddr) -> std::io::Result<String> {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
                 "closed before greeting",
+            ));
+        }
+        if byte[0] == b'\n' {
+            break;
+        }
+        line.push(byte[0]);
+    }
+    Ok(String::from_utf8_lossy(&line).into_owned())
+}
+
+/// For [`Mode::PingPong`] backends: connect to the proxy, send a line and
+/// read the answer line, which is the name of the backend that answered.
+pub async fn who_answers_when_asked(addr: SocketAddr) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect(addr).await?;
+    stream.write_all(b"WHO\n").await?;
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        let n = stream.read(&mut byte).await?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "closed before the answer",
             ));
         }
         if byte[0] == b'\n' {
