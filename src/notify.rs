@@ -30,9 +30,9 @@ const STDERR_GRACE: Duration = Duration::from_millis(100);
 ///
 /// `command[0]` is the program (looked up in `PATH`), the rest its arguments;
 /// no shell is involved. An empty `command` does nothing. stdin and stdout
-/// are `/dev/null`; the tail of stderr goes into the failure log line. Only
-/// the direct child is killed at the limit. Must be called inside a tokio
-/// runtime.
+/// are `/dev/null`; the tail of stderr goes into the failure log line. At
+/// the limit its whole process group is killed. Must be called inside a
+/// tokio runtime.
 pub fn spawn_notify(
     command: &[String],
     service: &str,
@@ -78,6 +78,8 @@ async fn run(command: &[String], env: &[(&str, String)], limit: Duration) -> Res
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
+        // Its own process group, so the time limit can end whatever it forked.
+        .process_group(0)
         .spawn()
         .map_err(|err| format!("cannot start {program:?}: {err}; check the notify path"))?;
 
@@ -91,6 +93,9 @@ async fn run(command: &[String], env: &[(&str, String)], limit: Duration) -> Res
         Ok(Ok(status)) => status,
         Ok(Err(err)) => return Err(format!("waiting for it failed: {err}")),
         Err(_elapsed) => {
+            if let Some(pid) = child.id() {
+                kill_group(pid).await;
+            }
             // kill() also reaps the child, so no zombie is left behind.
             let killed = child.kill().await;
             abort(stderr);
@@ -109,6 +114,18 @@ async fn run(command: &[String], env: &[(&str, String)], limit: Duration) -> Res
         None => String::new(),
     };
     Err(describe(status, &tail))
+}
+
+/// SIGKILL the command's process group (its pid, see `process_group(0)`)
+/// through kill(1), which keeps this crate's `unsafe` in the splice module.
+async fn kill_group(pid: u32) {
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{pid}")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .await;
 }
 
 fn describe(status: ExitStatus, stderr: &str) -> String {
@@ -256,6 +273,34 @@ mod tests {
             .expect("notify task must end soon after the limit")
             .unwrap();
         assert!(started.elapsed() >= Duration::from_millis(200));
+    }
+
+    #[tokio::test]
+    async fn notify_limit_kills_what_the_command_forked() {
+        let pidfile = TempPath::new("forked");
+        let command = sh(r#"sleep 30 & echo $! > "$1"; wait"#, &[&pidfile.arg()]);
+        let handle = spawn_notify(
+            &command,
+            "db",
+            None,
+            None,
+            "passive",
+            Duration::from_millis(300),
+        );
+        tokio::time::timeout(Duration::from_secs(3), handle)
+            .await
+            .expect("notify task must end soon after the limit")
+            .unwrap();
+        let pid = std::fs::read_to_string(&pidfile.0).unwrap();
+        let pid = pid.trim();
+        // Gone, or at most a zombie waiting for its new parent to reap it.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let alive = state
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| !rest.trim_start().starts_with('Z'));
+        assert!(!alive, "forked sleep {pid} survived the limit: {state}");
     }
 
     #[tokio::test]
