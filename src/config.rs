@@ -1422,7 +1422,7 @@ rise = 7
             web.settings.check_send,
             b"GET /healthz HTTP/1.0\r\nHost: web\r\n\r\n"
         );
-        assert_eq!(web.settings.check_expect, b"HTTP/1.0 200");
+        assert_eq!(web.settings.check_expect, b"HTTP/1.1 200");
     }
 
     #[test]
