@@ -172,7 +172,16 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         )),
         None => None,
     };
-    let proxy: Arc<Proxy> = Proxy::start(config).await?;
+    let proxy: Arc<Proxy> = match Proxy::start(config).await {
+        Ok(proxy) => proxy,
+        Err(err) => {
+            // Do not leave the socket file of a failed start behind.
+            if let Some((_, path)) = &socket {
+                let _ = std::fs::remove_file(path);
+            }
+            return Err(err.into());
+        }
+    };
     if let Some((listener, path)) = socket {
         tokio::spawn(control::serve(
             listener,
