@@ -152,14 +152,18 @@ impl Engine {
             } => {
                 let snapshot = self.service.snapshot();
                 let found = snapshot.backends.iter().find(|b| b.name == backend);
-                let _ = reply.send(found.is_some());
+                let known = found.is_some();
                 if let Some(b) = found {
                     if b.is_enabled() != enabled {
                         info!(service = %self.service.name, backend = %b.name, enabled, "backend maintenance state changed");
                     }
                     b.set_enabled(enabled);
                 }
-                self.evaluate(None)
+                let next = self.evaluate(None);
+                // Answer only once the switch is done: when `ctl disable`
+                // returns, no new connection goes to the backend.
+                let _ = reply.send(known);
+                next
             }
             Event::Reload { config, reply } => {
                 let next = self.reload(*config);
