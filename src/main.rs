@@ -90,8 +90,12 @@ fn main() -> ExitCode {
 
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colour only on a terminal: a log file or the journal must not fill
+    // with escape codes.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -173,7 +177,16 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         )),
         None => None,
     };
-    let proxy: Arc<Proxy> = Proxy::start(config).await?;
+    let proxy: Arc<Proxy> = match Proxy::start(config).await {
+        Ok(proxy) => proxy,
+        Err(err) => {
+            // Do not leave the socket file of a failed start behind.
+            if let Some((_, path)) = &socket {
+                let _ = std::fs::remove_file(path);
+            }
+            return Err(err.into());
+        }
+    };
     if let Some((listener, path)) = socket {
         tokio::spawn(control::serve(
             listener,
