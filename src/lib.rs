@@ -16,6 +16,7 @@
 //! - `notify`   the switch hook command
 //! - `proxy`    the running whole: start, reload, status, shutdown
 //! - `metrics`  metric names
+//! - `demo`     `failoverd demo`: built-in backends, traffic, failover report
 #![deny(unsafe_code)]
 
 pub mod backend;
@@ -23,6 +24,7 @@ pub mod config;
 pub mod conn;
 pub mod control;
 pub mod decide;
+pub mod demo;
 pub mod engine;
 pub mod forward;
 pub mod health;

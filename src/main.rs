@@ -253,7 +253,17 @@ fn ctl(config: Option<PathBuf>, socket: Option<PathBuf>, action: CtlAction) -> E
     ExitCode::SUCCESS
 }
 
+/// `failoverd demo`. No tracing subscriber: the narrative on stdout is the
+/// output, and proxy logs would drown it.
 fn demo() -> ExitCode {
-    eprintln!("failoverd demo: not built yet");
-    ExitCode::from(1)
+    let result = runtime()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(failoverd::demo::run()));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("failoverd demo: {err:#}");
+            ExitCode::from(1)
+        }
+    }
 }
