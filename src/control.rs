@@ -86,20 +86,36 @@ pub async fn reload(proxy: &Proxy) -> Result<(), String> {
     result
 }
 
+/// The signals failoverd handles, installed before anything is bound so a
+/// SIGHUP or SIGTERM during start-up is not lost (or fatal).
+pub struct Signals {
+    hup: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    pub fn install() -> io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            hup: signal(SignalKind::hangup())?,
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+}
+
 /// Wait for signals: SIGHUP reloads; SIGTERM/SIGINT drains and returns.
 pub async fn run_signals(
+    mut signals: Signals,
     proxy: Arc<Proxy>,
     shutdown_timeout: std::time::Duration,
-) -> io::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
+) {
     loop {
         tokio::select! {
-            _ = hup.recv() => { let _ = reload(&proxy).await; }
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            _ = signals.hup.recv() => { let _ = reload(&proxy).await; }
+            _ = signals.term.recv() => break,
+            _ = signals.int.recv() => break,
         }
     }
     info!(
@@ -108,7 +124,6 @@ pub async fn run_signals(
     );
     let forced = proxy.shutdown(shutdown_timeout).await;
     info!(closed_by_force = forced, "shutdown complete");
-    Ok(())
 }
 
 /// Create the control socket: a stale file from a crashed run is replaced,

@@ -152,6 +152,7 @@ fn run(path: &Path, format: LogFormat) -> ExitCode {
 /// Start everything the config asks for, then wait for SIGTERM/SIGINT.
 async fn serve(config: Config) -> anyhow::Result<()> {
     use anyhow::Context;
+    let signals = control::Signals::install().context("cannot install signal handlers")?;
     let stop = CancellationToken::new();
     let handle = failoverd::metrics::install().map_err(anyhow::Error::msg)?;
     if let Some(addr) = config.admin.metrics {
@@ -195,14 +196,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             stop.clone(),
         ));
     }
-    let result = control::run_signals(Arc::clone(&proxy), admin.shutdown_timeout).await;
+    control::run_signals(signals, Arc::clone(&proxy), admin.shutdown_timeout).await;
     stop.cancel();
     // Let the control socket task remove its file.
     tokio::task::yield_now().await;
     if let Some(path) = &admin.socket {
         let _ = std::fs::remove_file(path);
     }
-    result.context("signal handling")
+    Ok(())
 }
 
 fn ctl(config: Option<PathBuf>, socket: Option<PathBuf>, action: CtlAction) -> ExitCode {
