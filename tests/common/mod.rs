@@ -63,9 +63,7 @@ pub struct TestBackend {
 
 impl TestBackend {
     pub async fn start(name: &str, mode: Mode) -> TestBackend {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind backend");
+        let listener = listen("127.0.0.1:0".parse().expect("addr")).expect("bind backend");
         let addr = listener.local_addr().expect("backend addr");
         let mut backend = TestBackend {
             name: name.to_string(),
@@ -128,7 +126,7 @@ impl TestBackend {
         self.stop();
         let mut last = None;
         for _ in 0..100 {
-            match TcpListener::bind(self.addr).await {
+            match listen(self.addr) {
                 Ok(listener) => {
                     self.serve(listener);
                     return;
@@ -204,6 +202,13 @@ async fn echo(stream: TcpStream, served: Arc<AtomicUsize>) {
     let (mut r, mut w) = stream.into_split();
     let _ = tokio::io::copy(&mut r, &mut w).await;
     let _ = w.shutdown().await;
+}
+
+/// A listener with a deep accept queue (the proxy's own `bind`): a burst of
+/// hundreds of connects must not overflow a test backend's queue, or the
+/// kernel resets connections the proxy already forwarded.
+pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    failoverd::listener::bind(addr, false)
 }
 
 /// A port on 127.0.0.1 where nothing listens (connects are refused).
