@@ -15,6 +15,7 @@
 //! - `decide`   the pure decision function
 //! - `notify`   the switch hook command
 //! - `proxy`    the running whole: start, reload, status, shutdown
+//! - `workers`  one single-threaded runtime per core for the data path
 //! - `metrics`  metric names
 //! - `demo`     `failoverd demo`: built-in backends, traffic, failover report
 #![deny(unsafe_code)]
@@ -32,3 +33,4 @@ pub mod listener;
 pub mod metrics;
 pub mod notify;
 pub mod proxy;
+pub mod workers;

@@ -7,7 +7,8 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -31,10 +32,24 @@ pub const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// Accept errors are logged at most this often.
 pub const ACCEPT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Bind a listening socket for a service.
+/// Bind a listening socket and register it with the current runtime.
 pub fn bind(addr: SocketAddr, freebind: bool) -> io::Result<TcpListener> {
+    TcpListener::from_std(bind_std(addr, freebind, false)?)
+}
+
+/// Bind a non-blocking listening socket, not yet tied to a runtime (each
+/// worker registers its own). `reuseport` lets one socket per worker share
+/// the address, so the kernel spreads new connections over the workers.
+pub fn bind_std(
+    addr: SocketAddr,
+    freebind: bool,
+    reuseport: bool,
+) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
+    if reuseport {
+        socket.set_reuse_port(true)?;
+    }
     if freebind {
         match addr {
             SocketAddr::V4(_) => socket.set_freebind_v4(true)?,
@@ -48,7 +63,7 @@ pub fn bind(addr: SocketAddr, freebind: bool) -> io::Result<TcpListener> {
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
-    TcpListener::from_std(socket.into())
+    Ok(socket.into())
 }
 
 /// Limits open connections per service; `None` = unlimited.
@@ -68,14 +83,21 @@ impl Limit {
 }
 
 /// Accept until `stop` fires, then drop the listener (new connects are
-/// refused at once) and return. Connections are spawned on `tracker`.
+/// refused at once) and return. Runs on the worker runtime it was spawned
+/// on; its connections are spawned there too, on `tracker`.
 pub async fn accept_loop(
-    listener: TcpListener,
+    listener: std::net::TcpListener,
     service: Arc<Service>,
     stop: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let mut last_error_log: Option<Instant> = None;
+    let listener = match TcpListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(err) => {
+            warn!(service = %service.name, error = %err, "cannot register listener");
+            return;
+        }
+    };
     loop {
         let limit = service.limit.load_full();
         let permit = tokio::select! {
@@ -92,12 +114,8 @@ pub async fn accept_loop(
             }
             Err(err) => {
                 if is_resource_error(&err) {
-                    let now = Instant::now();
-                    if last_error_log
-                        .is_none_or(|t| now.duration_since(t) >= ACCEPT_ERROR_LOG_INTERVAL)
-                    {
+                    if should_log_accept_error() {
                         warn!(service = %service.name, error = %err, "accept failed, pausing");
-                        last_error_log = Some(now);
                     }
                     tokio::select! {
                         _ = tokio::time::sleep(ACCEPT_ERROR_PAUSE) => {}
@@ -109,6 +127,20 @@ pub async fn accept_loop(
             }
         }
     }
+}
+
+/// True at most once per [`ACCEPT_ERROR_LOG_INTERVAL`] across every accept
+/// loop of the process: when fds run out, all of them fail together.
+fn should_log_accept_error() -> bool {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    static LAST_MS: AtomicU64 = AtomicU64::new(0);
+    let now_ms = EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1;
+    let last = LAST_MS.load(Ordering::Relaxed);
+    let interval = ACCEPT_ERROR_LOG_INTERVAL.as_millis() as u64;
+    (last == 0 || now_ms.saturating_sub(last) >= interval)
+        && LAST_MS
+            .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
 }
 
 /// Errors that mean this process is out of a resource (fds, buffers,

@@ -12,6 +12,7 @@ use tracing_subscriber::EnvFilter;
 use failoverd::config::{self, Config};
 use failoverd::control::{self, Request};
 use failoverd::proxy::Proxy;
+use failoverd::workers::Workers;
 
 /// Where `ctl` looks for the control socket when neither `--socket` nor
 /// `-c` says.
@@ -103,8 +104,10 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// The main runtime: signals, control socket, metrics, failover engines and
+/// health checks. The data path runs on `Workers`, one runtime per core.
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
 }
@@ -178,7 +181,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         )),
         None => None,
     };
-    let proxy: Arc<Proxy> = match Proxy::start(config).await {
+    let workers =
+        Workers::start(Workers::default_count()).context("cannot start worker threads")?;
+    let proxy: Arc<Proxy> = match Proxy::start_on(config, workers.handles()).await {
         Ok(proxy) => proxy,
         Err(err) => {
             // Do not leave the socket file of a failed start behind.

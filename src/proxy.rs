@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
+use tokio::runtime::Handle;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -55,24 +56,37 @@ pub struct Proxy {
     root: CancellationToken,
     /// Stops every accept loop.
     stop_accept: CancellationToken,
+    /// Runtimes that run accept loops and connections, one per core.
+    workers: Vec<Handle>,
 }
 
 impl Proxy {
-    /// Bind every listener, start engines and accept loops.
+    /// Bind every listener, start engines and accept loops, all on the
+    /// current runtime (tests, the demo).
     pub async fn start(config: Config) -> Result<Arc<Proxy>, BindError> {
-        let root = CancellationToken::new();
-        let stop_accept = CancellationToken::new();
-        let connections = TaskTracker::new();
+        Proxy::start_on(config, vec![Handle::current()]).await
+    }
+
+    /// As [`Proxy::start`], with one accept loop per worker runtime, each on
+    /// its own `SO_REUSEPORT` socket, so a connection lives on the worker
+    /// that accepted it. Engines and checks run on the calling runtime.
+    pub async fn start_on(config: Config, workers: Vec<Handle>) -> Result<Arc<Proxy>, BindError> {
+        let proxy = Proxy {
+            state: Mutex::new(State {
+                config: config.clone(),
+                services: Vec::new(),
+            }),
+            connections: TaskTracker::new(),
+            root: CancellationToken::new(),
+            stop_accept: CancellationToken::new(),
+            workers,
+        };
         let mut services = Vec::with_capacity(config.services.len());
         for service in &config.services {
-            services.push(start_service(service, &root, &stop_accept, &connections)?);
+            services.push(proxy.start_service(service)?);
         }
-        Ok(Arc::new(Proxy {
-            state: Mutex::new(State { config, services }),
-            connections,
-            root,
-            stop_accept,
-        }))
+        proxy.state.lock().await.services = services;
+        Ok(Arc::new(proxy))
     }
 
     /// The bound listen address of a service (tests use port 0).
@@ -104,8 +118,7 @@ impl Proxy {
                     && r.config.freebind == service.freebind
             });
             if !keep {
-                let running =
-                    start_service(service, &self.root, &self.stop_accept, &self.connections)?;
+                let running = self.start_service(service)?;
                 fresh.insert(service.name.clone(), running);
             }
         }
@@ -240,34 +253,42 @@ impl Proxy {
     }
 }
 
-fn start_service(
-    config: &ServiceConfig,
-    root: &CancellationToken,
-    stop_all: &CancellationToken,
-    connections: &TaskTracker,
-) -> Result<Running, BindError> {
-    let bind_error = |source| BindError {
-        service: config.name.clone(),
-        address: config.listen,
-        source,
-    };
-    let socket = listener::bind(config.listen, config.freebind).map_err(bind_error)?;
-    let bound = socket.local_addr().map_err(bind_error)?;
-    let engine = engine::start(config, root);
-    let stop_accept = stop_all.child_token();
-    tokio::spawn(listener::accept_loop(
-        socket,
-        Arc::clone(&engine.service),
-        stop_accept.clone(),
-        connections.clone(),
-    ));
-    info!(service = %config.name, listen = %bound, "listening");
-    Ok(Running {
-        config: config.clone(),
-        bound,
-        engine,
-        stop_accept,
-    })
+impl Proxy {
+    /// Bind a service's sockets (one per worker), start its engine on this
+    /// runtime and its accept loops on the workers.
+    fn start_service(&self, config: &ServiceConfig) -> Result<Running, BindError> {
+        let bind_error = |source| BindError {
+            service: config.name.clone(),
+            address: config.listen,
+            source,
+        };
+        let reuseport = self.workers.len() > 1;
+        let first =
+            listener::bind_std(config.listen, config.freebind, reuseport).map_err(bind_error)?;
+        // With port 0 the others must join the port the kernel picked.
+        let bound = first.local_addr().map_err(bind_error)?;
+        let mut sockets = vec![first];
+        for _ in 1..self.workers.len() {
+            sockets.push(listener::bind_std(bound, config.freebind, true).map_err(bind_error)?);
+        }
+        let engine = engine::start(config, &self.root);
+        let stop_accept = self.stop_accept.child_token();
+        for (socket, worker) in sockets.into_iter().zip(&self.workers) {
+            worker.spawn(listener::accept_loop(
+                socket,
+                Arc::clone(&engine.service),
+                stop_accept.clone(),
+                self.connections.clone(),
+            ));
+        }
+        info!(service = %config.name, listen = %bound, workers = self.workers.len(), "listening");
+        Ok(Running {
+            config: config.clone(),
+            bound,
+            engine,
+            stop_accept,
+        })
+    }
 }
 
 /// `ctl status --json`, as in SPEC.md.
