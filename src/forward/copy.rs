@@ -3,9 +3,12 @@
 //!
 //! Same semantics as the splice path: read readiness on the source, write
 //! everything read before reading again, pass EOF on as a half-close, and
-//! tag errors by side. One buffer per direction, allocated when the first
-//! byte arrives and reused for the connection's life; nothing per chunk.
+//! tag errors by side. A direction takes a buffer from a per-thread pool
+//! when bytes arrive and gives it back when its source goes idle, so an idle
+//! connection holds no buffer (as the splice path holds no pipe); nothing
+//! is allocated per chunk.
 
+use std::cell::RefCell;
 use std::io;
 
 use super::{Direction, tag};
@@ -14,17 +17,57 @@ use super::{Direction, tag};
 /// path, so both paths move similar chunks per wake-up.
 pub const COPY_BUFFER_BYTES: usize = 64 * 1024;
 
+/// Idle buffers kept per worker thread; extra ones are freed.
+pub const POOL_MAX_BUFFERS_PER_THREAD: usize = 64;
+
+thread_local! {
+    static POOL: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+}
+
+fn take_buffer() -> Box<[u8]> {
+    POOL.try_with(|pool| pool.borrow_mut().pop())
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| vec![0; COPY_BUFFER_BYTES].into_boxed_slice())
+}
+
+fn put_buffer(buf: Box<[u8]>) {
+    let _ = POOL.try_with(|pool| {
+        let mut pool = pool.borrow_mut();
+        if pool.len() < POOL_MAX_BUFFERS_PER_THREAD {
+            pool.push(buf);
+        }
+    });
+}
+
+/// Idle buffers in this thread's pool.
+#[cfg(test)]
+pub(super) fn pooled_buffers() -> usize {
+    POOL.try_with(|pool| pool.borrow().len()).unwrap_or(0)
+}
+
+/// Free every idle buffer in this thread's pool (tests).
+#[cfg(test)]
+pub(super) fn clear_pool() {
+    let _ = POOL.try_with(|pool| pool.borrow_mut().clear());
+}
+
 /// Copy `dir.src` to `dir.dst` until EOF (then half-close `dst`) or error.
 pub(super) async fn run(dir: &Direction<'_>) -> io::Result<()> {
-    // Allocated lazily so a connection that never sends holds no buffer.
-    let mut buf: Option<Box<[u8]>> = None;
+    // Only Some while bytes are moving; handed back when the source idles.
+    let mut held: Option<Box<[u8]>> = None;
     loop {
         dir.src.readable().await.map_err(tag(dir.src_side))?;
-        let buf = buf.get_or_insert_with(|| vec![0; COPY_BUFFER_BYTES].into_boxed_slice());
+        let buf = held.get_or_insert_with(take_buffer);
         let n = match dir.src.try_read(buf) {
             Ok(0) => return dir.eof(),
             Ok(n) => n,
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                if let Some(buf) = held.take() {
+                    put_buffer(buf);
+                }
+                continue;
+            }
             Err(err) => return Err(tag(dir.src_side)(err)),
         };
         write_all(dir, &buf[..n]).await?;

@@ -308,6 +308,29 @@ async fn forward_idle_direction_returns_its_pipe_to_the_pool() {
     h.task.await.unwrap().unwrap();
 }
 
+/// The copy path too: an idle direction hands its buffer back.
+#[tokio::test]
+async fn forward_idle_direction_returns_its_copy_buffer_to_the_pool() {
+    copy::clear_pool();
+    let mut h = start(opts(false)).await;
+    let data = random_bytes(512 * 1024);
+    let (wrote, read) = tokio::join!(h.client.write_all(&data), async {
+        let mut got = vec![0u8; data.len()];
+        h.backend.read_exact(&mut got).await.map(|_| got)
+    });
+    wrote.unwrap();
+    assert!(read.unwrap() == data);
+    timeout(TEST_TIMEOUT, async {
+        while copy::pooled_buffers() != 1 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the idle direction kept its buffer");
+    h.cancel.cancel();
+    h.task.await.unwrap().unwrap();
+}
+
 /// Rough one-way throughput, splice vs copy: `cargo test --release
 /// forward_throughput -- --ignored --nocapture`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
