@@ -23,8 +23,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 const SPLICE_FLAGS: libc::c_uint = libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK;
 
 /// Idle pipes kept per worker thread; extra pipes are closed. Each pipe is
-/// two fds and holds no buffer pages while empty.
-pub const POOL_MAX_PIPES_PER_THREAD: usize = 64;
+/// two fds and holds no buffer pages while empty, but its capacity counts
+/// against the user's `fs.pipe-user-pages-soft` (64 MiB by default), so
+/// the pool stays small: 16 grown pipes are 16 MiB of that budget.
+pub const POOL_MAX_PIPES_PER_THREAD: usize = 16;
 
 /// Successful splice(2) calls since start, process-wide.
 static SPLICE_CALLS: AtomicU64 = AtomicU64::new(0);
@@ -74,14 +76,27 @@ pub fn set_pipe_size(pipe: BorrowedFd<'_>, bytes: usize) -> io::Result<usize> {
     Ok(n as usize)
 }
 
+/// Read a pipe's capacity with fcntl(F_GETPIPE_SZ).
+pub fn pipe_size(pipe: BorrowedFd<'_>) -> io::Result<usize> {
+    // SAFETY: the fd is borrowed and open for the call; F_GETPIPE_SZ takes
+    // no argument and touches no memory of ours.
+    let n = unsafe { libc::fcntl(pipe.as_raw_fd(), libc::F_GETPIPE_SZ) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
 /// A non-blocking, close-on-exec pipe that remembers how many bytes it
-/// holds. Both ends are closed on drop.
+/// holds and how many it can hold. Both ends are closed on drop.
 #[derive(Debug)]
 pub struct Pipe {
     read: OwnedFd,
     write: OwnedFd,
     /// Bytes spliced in and not yet spliced out.
     len: usize,
+    /// What the kernel says the pipe holds at most.
+    capacity: usize,
 }
 
 impl Pipe {
@@ -97,11 +112,30 @@ impl Pipe {
         // SAFETY: pipe2 succeeded, so both fds are open and owned by nobody
         // else; each is wrapped exactly once.
         let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let capacity = pipe_size(write.as_fd())?;
         Ok(Pipe {
             read,
             write,
             len: 0,
+            capacity,
         })
+    }
+
+    /// Bytes the pipe can hold.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Grow the pipe to `bytes` if it is smaller; best effort (the kernel
+    /// refuses past `fs.pipe-max-size` or the user's pipe budget, and the
+    /// pipe then keeps working at its current size).
+    pub fn grow(&mut self, bytes: usize) {
+        if self.capacity >= bytes {
+            return;
+        }
+        if let Ok(size) = set_pipe_size(self.write.as_fd(), bytes) {
+            self.capacity = size;
+        }
     }
 
     /// Bytes currently in the pipe.
@@ -115,8 +149,10 @@ impl Pipe {
     }
 
     /// Change the pipe's capacity (see [`set_pipe_size`]).
-    pub fn set_size(&self, bytes: usize) -> io::Result<usize> {
-        set_pipe_size(self.write.as_fd(), bytes)
+    pub fn set_size(&mut self, bytes: usize) -> io::Result<usize> {
+        let size = set_pipe_size(self.write.as_fd(), bytes)?;
+        self.capacity = size;
+        Ok(size)
     }
 
     /// Splice up to `max` bytes from `from` into the pipe; 0 means EOF.
@@ -145,7 +181,7 @@ pub fn take_pipe(size_bytes: Option<usize>) -> io::Result<Pipe> {
     if let Some(pipe) = POOL.try_with(|pool| pool.borrow_mut().pop()).ok().flatten() {
         return Ok(pipe);
     }
-    let pipe = Pipe::new()?;
+    let mut pipe = Pipe::new()?;
     if let Some(bytes) = size_bytes {
         // EPERM once the user passes pipe-user-pages-soft; best effort.
         let _ = pipe.set_size(bytes);
@@ -232,9 +268,15 @@ mod tests {
 
     #[test]
     fn set_pipe_size_grows_capacity() {
-        let pipe = Pipe::new().unwrap();
+        let mut pipe = Pipe::new().unwrap();
+        assert_eq!(pipe.capacity(), pipe_size(pipe.write.as_fd()).unwrap());
         let size = pipe.set_size(256 * 1024).unwrap();
         assert!(size >= 256 * 1024);
+        assert_eq!(pipe.capacity(), size);
+        pipe.grow(1 << 20);
+        assert_eq!(pipe.capacity(), 1 << 20);
+        pipe.grow(4096);
+        assert_eq!(pipe.capacity(), 1 << 20, "grow never shrinks");
     }
 
     #[test]
