@@ -179,4 +179,26 @@ mod tests {
             conn::KEEPALIVE_RETRIES
         );
     }
+
+    /// `freebind = true` binds an address this host does not have (yet):
+    /// the floating IP before keepalived moves it here. Nothing is sent.
+    #[test]
+    fn freebind_binds_an_address_that_is_not_on_this_host() {
+        // TEST-NET-1 (RFC 5737): never assigned to a real host.
+        let addr: SocketAddr = "192.0.2.77:0".parse().unwrap();
+        let err = bind_std(addr, false, false).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EADDRNOTAVAIL));
+        bind_std(addr, true, false).expect("IP_FREEBIND lets it bind");
+        let addr6: SocketAddr = "[2001:db8::77]:0".parse().unwrap();
+        bind_std(addr6, true, false).expect("IPV6_FREEBIND lets it bind");
+    }
+
+    #[test]
+    fn reuseport_sockets_share_one_port() {
+        let first = bind_std("127.0.0.1:0".parse().unwrap(), false, true).unwrap();
+        let port = first.local_addr().unwrap();
+        bind_std(port, false, true).expect("second worker socket on the same port");
+        // Without SO_REUSEPORT the port stays taken.
+        assert!(bind_std(port, false, false).is_err());
+    }
 }

@@ -292,3 +292,29 @@ async fn max_connections_holds_a_third_client_until_a_slot_frees() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwards_over_ipv6() {
+    within(20, async {
+        let listener = listen("[::1]:0".parse().unwrap()).expect("IPv6 loopback");
+        let backend = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let stream = accept_with_data(&listener).await;
+            let (mut r, mut w) = stream.into_split();
+            let _ = tokio::io::copy(&mut r, &mut w).await;
+            let _ = w.shutdown().await;
+        });
+        let proxy = TestProxy::start(&format!(
+            "[[service]]\nname = \"v6\"\nlisten = \"[::1]:0\"\n{}",
+            backends_toml(&[("primary", backend)])
+        ))
+        .await;
+        assert!(proxy.addr.is_ipv6());
+        let data = Arc::new(random_bytes(1024 * 1024, 6));
+        assert_eq!(
+            echo_roundtrip(proxy.addr, Arc::clone(&data)).await,
+            sha256(&data)
+        );
+    })
+    .await;
+}
