@@ -352,6 +352,76 @@ async fn fails_over_within_fall_checks_when_primary_connects_time_out() {
     .await;
 }
 
+/// The performance target: at the defaults (check_interval 500ms, fall 3,
+/// check_timeout 500ms, connect_timeout 1s, passive_errors 3), with a
+/// client connecting every 20 ms, a black-holed primary has traffic on the
+/// backup within 2 s, and no client connection fails: each waits out one
+/// connect timeout and is served by the backup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn black_holed_primary_at_defaults_moves_traffic_within_two_seconds() {
+    within(20, async {
+        let mut primary = BlackHoleBackend::start("primary").await;
+        let backup = TestBackend::start("backup", Mode::Greet).await;
+        let proxy = TestProxy::start(&service_toml(
+            "",
+            &[("primary", primary.addr), ("backup", backup.addr)],
+        ))
+        .await;
+        assert_eq!(who_answers(proxy.addr).await.expect("answer"), "primary");
+        primary.black_hole().await;
+        let holed = Instant::now();
+        let watcher = tokio::spawn({
+            let proxy = Arc::clone(&proxy.proxy);
+            async move {
+                loop {
+                    if proxy.status().await.services[0].active.as_deref() == Some("backup") {
+                        return holed.elapsed();
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        });
+        let mut clients = tokio::task::JoinSet::new();
+        for _ in 0..100 {
+            let addr = proxy.addr;
+            clients.spawn(async move {
+                let answer = tokio::time::timeout(Duration::from_secs(5), who_answers(addr)).await;
+                (answer, holed.elapsed())
+            });
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let switched = watcher.await.expect("watcher");
+        let mut first_on_backup = None::<Duration>;
+        let mut failed = 0;
+        while let Some(joined) = clients.join_next().await {
+            match joined.expect("client task") {
+                (Ok(Ok(name)), at) if name == "backup" => {
+                    first_on_backup = Some(first_on_backup.map_or(at, |f| f.min(at)));
+                }
+                (Ok(Ok(_)), _) => {}
+                _ => failed += 1,
+            }
+        }
+        let first = first_on_backup.expect("no connection reached the backup");
+        assert_eq!(failed, 0, "client connections failed during the black hole");
+        assert!(
+            first <= Duration::from_secs(2),
+            "first served by backup after {first:?}"
+        );
+        assert!(
+            switched <= Duration::from_secs(2),
+            "pointer moved after {switched:?}"
+        );
+        let status = proxy.proxy.status().await;
+        assert_eq!(status.services[0].backends[0].state, "down");
+        eprintln!(
+            "black-holed primary at defaults: first served by backup {first:?} after the hole; \
+             pointer on backup after {switched:?}"
+        );
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fails_over_when_primary_accepts_but_never_answers_the_check() {
     init_logging();
