@@ -22,6 +22,7 @@ use crate::engine::Event;
 use crate::forward::ByteCounters;
 use crate::health::Hysteresis;
 use crate::metrics as m;
+use crate::ratelimit::LogLimit;
 
 /// One backend of one service. Shared by every snapshot that contains it, so
 /// a reload that keeps a backend (same name and address) keeps its state.
@@ -35,6 +36,8 @@ pub struct Backend {
     passive_errors: AtomicU32,
     /// Open client connections on this backend.
     connections: AtomicU64,
+    /// Failed connects on live traffic are logged at most once a second.
+    pub connect_error_log: LogLimit,
     /// Cancelled (and replaced) to close every connection on this backend.
     close: ArcSwap<CancellationToken>,
     /// Parent of every `close` token: cancelled at the end of a shutdown.
@@ -118,6 +121,7 @@ impl Backend {
             enabled: AtomicBool::new(true),
             passive_errors: AtomicU32::new(0),
             connections: AtomicU64::new(0),
+            connect_error_log: LogLimit::new(),
             close: ArcSwap::from_pointee(root.child_token()),
             root: root.clone(),
             engine: Mutex::new(EngineState {
@@ -253,6 +257,8 @@ pub struct Service {
     pub name: String,
     pub state: ArcSwap<Snapshot>,
     pub client_failures: Counter,
+    /// "every backend failed" is logged at most once a second.
+    pub client_failure_log: LogLimit,
     /// `max_connections` as a semaphore; replaced whole on reload.
     pub limit: ArcSwap<crate::listener::Limit>,
     pub(crate) events: mpsc::UnboundedSender<Event>,

@@ -20,6 +20,7 @@ use crate::backend::{Backend, Service};
 use crate::config::BackendAddress;
 use crate::forward::{self, ForwardOptions};
 use crate::listener;
+use crate::ratelimit::LogLimit;
 
 /// TCP keepalive on both sockets so a vanished peer is noticed: first probe
 /// after 60 s idle, then every 10 s, given up after 6 unanswered probes.
@@ -65,20 +66,28 @@ pub async fn handle(
             Err(err) if listener::is_resource_error(&err) => {
                 // Out of fds or memory here: not the backend's fault, and
                 // the next backend would fail the same way.
-                warn!(service = %service.name, id, error = %err, "no resources to connect, closing client");
+                static LIMIT: LogLimit = LogLimit::new();
+                if let Some(suppressed) = LIMIT.check() {
+                    warn!(service = %service.name, id, error = %err, suppressed, "no resources to connect, closing client");
+                }
                 break;
             }
             Err(err) => {
-                warn!(
-                    service = %service.name, id, backend = %backend.name,
-                    address = %backend.address, error = %err, "backend connect failed"
-                );
+                if let Some(suppressed) = backend.connect_error_log.check() {
+                    warn!(
+                        service = %service.name, id, backend = %backend.name,
+                        address = %backend.address, error = %err, suppressed,
+                        "backend connect failed"
+                    );
+                }
                 service.report_connect_error(backend, settings.passive_errors);
             }
         }
     }
     service.client_failures.increment(1);
-    warn!(service = %service.name, id, %peer, "every backend failed, closing client");
+    if let Some(suppressed) = service.client_failure_log.check() {
+        warn!(service = %service.name, id, %peer, suppressed, "every backend failed, closing client");
+    }
 }
 
 fn log_end(

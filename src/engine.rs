@@ -24,6 +24,7 @@ use crate::health;
 use crate::listener::Limit;
 use crate::metrics as m;
 use crate::notify;
+use crate::ratelimit::LogLimit;
 
 /// Messages to a service's engine.
 pub enum Event {
@@ -89,6 +90,7 @@ pub fn start(config: &ServiceConfig, root: &CancellationToken) -> EngineHandle {
             active,
         }),
         client_failures: metrics::counter!(m::CLIENT_FAILURES_TOTAL, "service" => config.name.clone()),
+        client_failure_log: LogLimit::new(),
         limit: ArcSwap::from_pointee(Limit::new(config.settings.max_connections)),
         events: tx,
     });

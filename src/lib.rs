@@ -16,6 +16,7 @@
 //! - `notify`   the switch hook command
 //! - `proxy`    the running whole: start, reload, status, shutdown
 //! - `workers`  one single-threaded runtime per core for the data path
+//! - `ratelimit` one log line a second for errors that come in floods
 //! - `metrics`  metric names
 //! - `demo`     `failoverd demo`: built-in backends, traffic, failover report
 #![deny(unsafe_code)]
@@ -33,4 +34,5 @@ pub mod listener;
 pub mod metrics;
 pub mod notify;
 pub mod proxy;
+pub mod ratelimit;
 pub mod workers;

@@ -7,9 +7,8 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use tokio::net::TcpListener;
@@ -20,6 +19,7 @@ use tracing::warn;
 
 use crate::backend::Service;
 use crate::conn;
+use crate::ratelimit::LogLimit;
 
 /// Pending-connection queue length asked of the kernel (capped by
 /// net.core.somaxconn). Large, because at `max_connections` new clients wait
@@ -28,9 +28,6 @@ pub const LISTEN_BACKLOG: i32 = 4096;
 
 /// Pause after an accept error such as EMFILE before trying again.
 pub const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
-
-/// Accept errors are logged at most this often.
-pub const ACCEPT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Bind a listening socket and register it with the current runtime.
 pub fn bind(addr: SocketAddr, freebind: bool) -> io::Result<TcpListener> {
@@ -116,8 +113,10 @@ pub async fn accept_loop(
             }
             Err(err) => {
                 if is_resource_error(&err) {
-                    if should_log_accept_error() {
-                        warn!(service = %service.name, error = %err, "accept failed, pausing");
+                    // Process-wide: when fds run out, every accept loop fails at once.
+                    static LIMIT: LogLimit = LogLimit::new();
+                    if let Some(suppressed) = LIMIT.check() {
+                        warn!(service = %service.name, error = %err, suppressed, "accept failed, pausing");
                     }
                     tokio::select! {
                         _ = tokio::time::sleep(ACCEPT_ERROR_PAUSE) => {}
@@ -129,20 +128,6 @@ pub async fn accept_loop(
             }
         }
     }
-}
-
-/// True at most once per [`ACCEPT_ERROR_LOG_INTERVAL`] across every accept
-/// loop of the process: when fds run out, all of them fail together.
-fn should_log_accept_error() -> bool {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    static LAST_MS: AtomicU64 = AtomicU64::new(0);
-    let now_ms = EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1;
-    let last = LAST_MS.load(Ordering::Relaxed);
-    let interval = ACCEPT_ERROR_LOG_INTERVAL.as_millis() as u64;
-    (last == 0 || now_ms.saturating_sub(last) >= interval)
-        && LAST_MS
-            .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
 }
 
 /// Errors that mean this process is out of a resource (fds, buffers,

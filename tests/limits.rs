@@ -122,3 +122,54 @@ async fn backs_off_on_emfile_and_serves_again_when_fds_free() {
     .expect("test body");
     drop(proxy);
 }
+
+/// During an outage every client's connect to the dead backend fails; the
+/// log gets one line a second with a count, not one line per client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_backend_connects_are_logged_once_a_second() {
+    let dead = closed_port().await;
+    let backup = TestBackend::start("backup", Mode::Greet).await;
+    let dir = TempDir::new("logflood");
+    let listen = closed_port().await;
+    let config = dir.path("failoverd.toml");
+    // passive_errors = 0 and hourly checks: the dead primary stays first in line.
+    std::fs::write(
+        &config,
+        format!(
+            "[[service]]\nname = \"svc\"\nlisten = \"{listen}\"\ncheck_interval = \"1h\"\ncheck_timeout = \"1s\"\npassive_errors = 0\n{}",
+            backends_toml(&[("primary", dead), ("backup", backup.addr)])
+        ),
+    )
+    .unwrap();
+    let log = dir.path("stderr.log");
+    let child = Command::new(env!("CARGO_BIN_EXE_failoverd"))
+        .args(["run", "-c"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("spawn failoverd");
+    let proxy = Proxy(child);
+    tokio::task::spawn_blocking(move || wait_listening(listen))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    for _ in 0..200 {
+        assert_eq!(
+            who_answers(listen).await.expect("served by backup"),
+            "backup"
+        );
+    }
+    let elapsed = started.elapsed();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines = text.matches("backend connect failed").count();
+    let allowed = 1 + elapsed.as_secs() as usize + 1;
+    assert!(lines >= 1, "connect failures not logged:\n{text}");
+    assert!(
+        lines <= allowed,
+        "{lines} lines for 200 failed connects in {elapsed:?}"
+    );
+    assert!(text.contains("suppressed"), "no suppressed count:\n{text}");
+    drop(proxy);
+}
