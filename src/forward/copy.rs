@@ -9,7 +9,10 @@
 //! is allocated per chunk.
 
 use std::cell::RefCell;
-use std::io;
+use std::io::{self, Read};
+
+use socket2::SockRef;
+use tokio::io::Interest;
 
 use super::{Direction, tag};
 
@@ -54,23 +57,72 @@ pub(super) fn clear_pool() {
 
 /// Copy `dir.src` to `dir.dst` until EOF (then half-close `dst`) or error.
 pub(super) async fn run(dir: &Direction<'_>) -> io::Result<()> {
+    copy(dir, false).await.map(drop)
+}
+
+/// How a copy burst ended.
+pub(super) enum Burst {
+    /// `src` reached EOF and the half-close was passed on.
+    Eof,
+    /// A read filled the whole buffer: bulk data, worth splicing.
+    Full,
+}
+
+/// Copy until EOF, or with `until_full` until a read fills the whole
+/// buffer: small request/response traffic costs one read and one write per
+/// message here (a short read clears readiness, so no read fails with
+/// EAGAIN), and the splice path takes over for bulk (HAProxy's
+/// `splice-auto` idea).
+pub(super) async fn copy(dir: &Direction<'_>, until_full: bool) -> io::Result<Burst> {
     // Only Some while bytes are moving; handed back when the source idles.
     let mut held: Option<Box<[u8]>> = None;
     loop {
         dir.src.readable().await.map_err(tag(dir.src_side))?;
         let buf = held.get_or_insert_with(take_buffer);
-        let n = match dir.src.try_read(buf) {
-            Ok(0) => return dir.eof(),
-            Ok(n) => n,
+        // A short read means the socket's receive queue is empty: the read
+        // reports WouldBlock to tokio so it forgets the read readiness it
+        // observed before the read (race-free, as tokio's own `poll_read`
+        // does; the closed bits are never cleared, so a queued FIN is still
+        // seen), instead of learning it from one more read failing with
+        // EAGAIN. `got` carries the bytes out.
+        let mut got = 0;
+        let read = dir.src.try_io(Interest::READABLE, || {
+            let n = (&*SockRef::from(dir.src)).read(buf)?;
+            got = n;
+            if n > 0 && n < buf.len() {
+                Err(io::ErrorKind::WouldBlock.into())
+            } else {
+                Ok(n)
+            }
+        });
+        let drained = match read {
+            Ok(0) => {
+                release(&mut held);
+                dir.eof()?;
+                return Ok(Burst::Eof);
+            }
+            Ok(_) => false,
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock && got > 0 => true,
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
-                if let Some(buf) = held.take() {
-                    put_buffer(buf);
-                }
+                release(&mut held);
                 continue;
             }
             Err(err) => return Err(tag(dir.src_side)(err)),
         };
-        write_all(dir, &buf[..n]).await?;
+        write_all(dir, &buf[..got]).await?;
+        if drained {
+            // Idle until the next readiness: hand the buffer back.
+            release(&mut held);
+        } else if until_full {
+            release(&mut held);
+            return Ok(Burst::Full);
+        }
+    }
+}
+
+fn release(held: &mut Option<Box<[u8]>>) {
+    if let Some(buf) = held.take() {
+        put_buffer(buf);
     }
 }
 

@@ -264,57 +264,68 @@ const SPLICE_CHUNK_BYTES: usize = 1 << 20;
 
 #[cfg(target_os = "linux")]
 impl Direction<'_> {
-    /// Zero-copy loop. The pipe is filled only when empty, so an EAGAIN
-    /// from the fill splice always means the source socket has no data and
-    /// may clear its read readiness; the drain splice runs only while the
-    /// pipe holds bytes, so its EAGAIN always means `dst` is full.
+    /// Zero-copy forwarding with a copy front end: small messages are
+    /// copied (one read, one write), and once a read fills the copy buffer
+    /// the direction splices until its source goes idle again.
     async fn splice(&self) -> io::Result<()> {
+        loop {
+            if let copy::Burst::Eof = copy::copy(self, true).await? {
+                return Ok(());
+            }
+            match self.splice_burst().await? {
+                SpliceEnd::Idle => {}
+                SpliceEnd::Eof => return Ok(()),
+                SpliceEnd::Unavailable => return copy::run(self).await,
+            }
+        }
+    }
+
+    /// Splice until the source has nothing more to read. The pipe is filled
+    /// only when empty, so an EAGAIN from the fill splice always means the
+    /// source socket has no data and may clear its read readiness; the
+    /// drain splice runs only while the pipe holds bytes, so its EAGAIN
+    /// always means `dst` is full.
+    async fn splice_burst(&self) -> io::Result<SpliceEnd> {
         use std::os::fd::AsFd;
         use tokio::io::Interest;
 
         let src_fd = self.src.as_fd();
         let dst_fd = self.dst.as_fd();
-        // Only ever Some while the direction is busy; always empty here.
-        let mut held: Option<splice::Pipe> = None;
-        let mut first = true;
+        let mut pipe = match splice::take_pipe(None) {
+            Ok(pipe) => pipe,
+            Err(err) => {
+                // Out of fds or pipe pages: this direction copies.
+                tracing::debug!(direction = self.name, error = %err, "no pipe, copying");
+                return Ok(SpliceEnd::Unavailable);
+            }
+        };
         loop {
             self.src.readable().await.map_err(tag(self.src_side))?;
-            let mut pipe = match held.take() {
-                Some(pipe) => pipe,
-                None => match splice::take_pipe(None) {
-                    Ok(pipe) => pipe,
-                    Err(err) => {
-                        // Out of fds or pipe pages: this direction copies.
-                        tracing::debug!(direction = self.name, error = %err, "no pipe, copying");
-                        return copy::run(self).await;
-                    }
-                },
-            };
             let filled = self.src.try_io(Interest::READABLE, || {
                 pipe.fill_from(src_fd, SPLICE_CHUNK_BYTES)
             });
             match filled {
                 Ok(0) => {
                     splice::put_pipe(pipe);
-                    return self.eof();
+                    self.eof()?;
+                    return Ok(SpliceEnd::Eof);
                 }
                 Ok(n) => {
-                    first = false;
                     if n >= pipe.capacity() {
                         pipe.grow(PIPE_GROWN_BYTES);
                     }
                     self.drain(&mut pipe, dst_fd).await?;
-                    held = Some(pipe);
                 }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
                     // Idle: hand the empty pipe back until data arrives.
                     splice::put_pipe(pipe);
+                    return Ok(SpliceEnd::Idle);
                 }
-                Err(err) if first && is_unsupported(&err) => {
+                Err(err) if is_unsupported(&err) => {
                     tracing::debug!(direction = self.name, error = %err, "splice unsupported, copying");
                     SPLICE_UNSUPPORTED.store(true, Ordering::Relaxed);
                     splice::put_pipe(pipe);
-                    return copy::run(self).await;
+                    return Ok(SpliceEnd::Unavailable);
                 }
                 Err(err) => return Err(tag(self.src_side)(err)),
             }
@@ -341,6 +352,17 @@ impl Direction<'_> {
         }
         Ok(())
     }
+}
+
+/// How a splice burst ended.
+#[cfg(target_os = "linux")]
+enum SpliceEnd {
+    /// The source had nothing more to read; the pipe went back to the pool.
+    Idle,
+    /// The source reached EOF and the half-close was passed on.
+    Eof,
+    /// No pipe could be had, or the kernel cannot splice these sockets.
+    Unavailable,
 }
 
 #[cfg(target_os = "linux")]
