@@ -4,7 +4,8 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::TcpStream as StdTcpStream;
+use std::net::{SocketAddr, TcpStream as StdTcpStream};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,40 @@ impl Drop for Proxy {
     }
 }
 
+/// Write a one-service config and start `failoverd run` on it, with its
+/// open-file limit lowered to `nofile` if given; returns the process and
+/// the file its log goes to.
+fn spawn_failoverd(
+    dir: &TempDir,
+    listen: SocketAddr,
+    settings: &str,
+    backends: &[(&str, SocketAddr)],
+    nofile: Option<u32>,
+) -> (Proxy, PathBuf) {
+    let config = dir.path("failoverd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[service]]\nname = \"svc\"\nlisten = \"{listen}\"\n{settings}\n{}",
+            backends_toml(backends)
+        ),
+    )
+    .unwrap();
+    let log = dir.path("stderr.log");
+    let limit = nofile.map_or(String::new(), |n| format!("ulimit -n {n} && "));
+    let child = Command::new("sh")
+        .arg("-c")
+        .arg(format!("{limit}exec \"$0\" run -c \"$1\""))
+        .arg(env!("CARGO_BIN_EXE_failoverd"))
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("spawn failoverd");
+    (Proxy(child), log)
+}
+
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("proc stat");
     // Fields after the command name (which may contain spaces).
@@ -32,7 +67,7 @@ fn cpu_ticks(pid: u32) -> u64 {
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
-fn wait_listening(addr: std::net::SocketAddr) {
+fn wait_listening(addr: SocketAddr) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while StdTcpStream::connect(addr).is_err() {
         assert!(Instant::now() < deadline, "proxy did not start listening");
@@ -45,27 +80,13 @@ async fn backs_off_on_emfile_and_serves_again_when_fds_free() {
     let backend = TestBackend::start("primary", Mode::Greet).await;
     let dir = TempDir::new("emfile");
     let listen = closed_port().await;
-    let config = dir.path("failoverd.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[[service]]\nname = \"svc\"\nlisten = \"{listen}\"\ncheck_interval = \"1h\"\ncheck_timeout = \"1s\"\n{}",
-            backends_toml(&[("primary", backend.addr)])
-        ),
-    )
-    .unwrap();
-    let log = dir.path("stderr.log");
-    let child = Command::new("sh")
-        .arg("-c")
-        .arg(format!("ulimit -n {NOFILE} && exec \"$0\" run -c \"$1\""))
-        .arg(env!("CARGO_BIN_EXE_failoverd"))
-        .arg(&config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("spawn failoverd");
-    let proxy = Proxy(child);
+    let (proxy, log) = spawn_failoverd(
+        &dir,
+        listen,
+        "check_interval = \"1h\"\ncheck_timeout = \"1s\"",
+        &[("primary", backend.addr)],
+        Some(NOFILE),
+    );
     let pid = proxy.0.id();
 
     tokio::task::spawn_blocking(move || {
@@ -131,26 +152,14 @@ async fn failed_backend_connects_are_logged_once_a_second() {
     let backup = TestBackend::start("backup", Mode::Greet).await;
     let dir = TempDir::new("logflood");
     let listen = closed_port().await;
-    let config = dir.path("failoverd.toml");
     // passive_errors = 0 and hourly checks: the dead primary stays first in line.
-    std::fs::write(
-        &config,
-        format!(
-            "[[service]]\nname = \"svc\"\nlisten = \"{listen}\"\ncheck_interval = \"1h\"\ncheck_timeout = \"1s\"\npassive_errors = 0\n{}",
-            backends_toml(&[("primary", dead), ("backup", backup.addr)])
-        ),
-    )
-    .unwrap();
-    let log = dir.path("stderr.log");
-    let child = Command::new(env!("CARGO_BIN_EXE_failoverd"))
-        .args(["run", "-c"])
-        .arg(&config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("spawn failoverd");
-    let proxy = Proxy(child);
+    let (proxy, log) = spawn_failoverd(
+        &dir,
+        listen,
+        "check_interval = \"1h\"\ncheck_timeout = \"1s\"\npassive_errors = 0",
+        &[("primary", dead), ("backup", backup.addr)],
+        None,
+    );
     tokio::task::spawn_blocking(move || wait_listening(listen))
         .await
         .unwrap();

@@ -291,7 +291,7 @@ impl Direction<'_> {
 
         let src_fd = self.src.as_fd();
         let dst_fd = self.dst.as_fd();
-        let mut pipe = match splice::take_pipe(None) {
+        let mut pipe = match splice::take_pipe() {
             Ok(pipe) => pipe,
             Err(err) => {
                 // Out of fds or pipe pages: this direction copies.

@@ -174,19 +174,13 @@ thread_local! {
     static POOL: RefCell<Vec<Pipe>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Take an idle pipe from this thread's pool, or create one of
-/// `size_bytes` capacity (`None` = kernel default). A failed resize is
-/// ignored: the pipe still works, only with the default capacity.
-pub fn take_pipe(size_bytes: Option<usize>) -> io::Result<Pipe> {
+/// Take an idle pipe from this thread's pool, or create one at the
+/// kernel's default capacity (see [`Pipe::grow`]).
+pub fn take_pipe() -> io::Result<Pipe> {
     if let Some(pipe) = POOL.try_with(|pool| pool.borrow_mut().pop()).ok().flatten() {
         return Ok(pipe);
     }
-    let mut pipe = Pipe::new()?;
-    if let Some(bytes) = size_bytes {
-        // EPERM once the user passes pipe-user-pages-soft; best effort.
-        let _ = pipe.set_size(bytes);
-    }
-    Ok(pipe)
+    Pipe::new()
 }
 
 /// Return a pipe to this thread's pool. A pipe that still holds bytes, or
@@ -283,11 +277,11 @@ mod tests {
     fn pool_keeps_empty_pipes_and_closes_others() {
         // The pool is per thread; start from empty even if tests share one.
         clear_pool();
-        let pipe = take_pipe(None).unwrap();
+        let pipe = take_pipe().unwrap();
         put_pipe(pipe);
         assert_eq!(pooled_pipes(), 1);
 
-        let mut dirty = take_pipe(None).unwrap();
+        let mut dirty = take_pipe().unwrap();
         assert_eq!(pooled_pipes(), 0, "take reuses the pooled pipe");
         dirty.len = 3;
         put_pipe(dirty);
