@@ -132,22 +132,7 @@ pub fn tune_socket(socket: SockRef<'_>) -> io::Result<()> {
 /// Connect to a backend within `timeout`; a hostname is resolved now and
 /// each of its addresses tried in turn within the same deadline.
 pub async fn connect(address: &BackendAddress, timeout: Duration) -> io::Result<TcpStream> {
-    let attempt = async {
-        match address {
-            BackendAddress::Ip(addr) => TcpStream::connect(addr).await,
-            BackendAddress::Host { host, port } => {
-                let mut last =
-                    io::Error::new(io::ErrorKind::NotFound, format!("{host} has no address"));
-                for addr in tokio::net::lookup_host((host.as_str(), *port)).await? {
-                    match TcpStream::connect(addr).await {
-                        Ok(stream) => return Ok(stream),
-                        Err(err) => last = err,
-                    }
-                }
-                Err(last)
-            }
-        }
-    };
+    let attempt = async { connect_first(resolve(address).await?).await };
     match tokio::time::timeout(timeout, attempt).await {
         Ok(result) => result,
         Err(_) => Err(io::Error::new(
@@ -158,4 +143,29 @@ pub async fn connect(address: &BackendAddress, timeout: Duration) -> io::Result<
             ),
         )),
     }
+}
+
+/// A backend's addresses: the literal one (no lookup, no allocation), or
+/// what its hostname resolves to now. Shared by connects and health checks.
+pub async fn resolve(address: &BackendAddress) -> io::Result<impl Iterator<Item = SocketAddr>> {
+    let (literal, resolved) = match address {
+        BackendAddress::Ip(addr) => (Some(*addr), None),
+        BackendAddress::Host { host, port } => (
+            None,
+            Some(tokio::net::lookup_host((host.as_str(), *port)).await?),
+        ),
+    };
+    Ok(literal.into_iter().chain(resolved.into_iter().flatten()))
+}
+
+/// Connect to the first of `addrs` that accepts; the last error otherwise.
+pub async fn connect_first(addrs: impl Iterator<Item = SocketAddr>) -> io::Result<TcpStream> {
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "no address to connect to");
+    for addr in addrs {
+        match TcpStream::connect(addr).await {
+            Ok(stream) => return Ok(stream),
+            Err(err) => last = err,
+        }
+    }
+    Err(last)
 }

@@ -8,7 +8,6 @@
 //! A probe never sends anything but `check_send` and never keeps its socket.
 
 use std::fmt;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -16,6 +15,7 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout_at};
 
 use crate::config::BackendAddress;
+use crate::conn;
 
 /// Rise/fall hysteresis for one backend: `fall` consecutive failed checks turn
 /// it down, `rise` consecutive good checks turn it up again.
@@ -175,12 +175,14 @@ pub async fn probe(
         }
     };
 
-    let addrs = timeout_at(deadline, resolve(address))
+    let addrs = timeout_at(deadline, conn::resolve(address))
         .await
-        .map_err(within(ProbeStage::Resolve))??;
-    let mut stream = timeout_at(deadline, connect(&addrs))
+        .map_err(within(ProbeStage::Resolve))?
+        .map_err(|err| ProbeError::Resolve(format!("{address}: {err}")))?;
+    let mut stream = timeout_at(deadline, conn::connect_first(addrs))
         .await
-        .map_err(within(ProbeStage::Connect))??;
+        .map_err(within(ProbeStage::Connect))?
+        .map_err(ProbeError::Connect)?;
     if !send.is_empty() {
         timeout_at(deadline, stream.write_all(send))
             .await
@@ -193,35 +195,6 @@ pub async fn probe(
             .map_err(within(ProbeStage::Recv))??;
     }
     Ok(())
-}
-
-async fn resolve(address: &BackendAddress) -> Result<Vec<SocketAddr>, ProbeError> {
-    match address {
-        BackendAddress::Ip(addr) => Ok(vec![*addr]),
-        BackendAddress::Host { host, port } => {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), *port))
-                .await
-                .map_err(|err| ProbeError::Resolve(format!("{host}:{port}: {err}")))?
-                .collect();
-            if addrs.is_empty() {
-                return Err(ProbeError::Resolve(format!("{host}:{port}: no addresses")));
-            }
-            Ok(addrs)
-        }
-    }
-}
-
-async fn connect(addrs: &[SocketAddr]) -> Result<TcpStream, ProbeError> {
-    let mut last = None;
-    for addr in addrs {
-        match TcpStream::connect(addr).await {
-            Ok(stream) => return Ok(stream),
-            Err(err) => last = Some(err),
-        }
-    }
-    Err(ProbeError::Connect(last.unwrap_or_else(|| {
-        std::io::Error::new(std::io::ErrorKind::NotFound, "no address to connect to")
-    })))
 }
 
 /// Read until `expect.len()` bytes arrived or EOF; fail as soon as the bytes
@@ -291,6 +264,7 @@ mod tests {
     use super::*;
     use crate::config::Failback;
     use crate::decide::{BackendView, Policy, decide};
+    use std::net::SocketAddr;
     use tokio::net::TcpListener;
 
     /// Bound on every socket test, so a bug fails instead of hanging.
