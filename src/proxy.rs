@@ -223,25 +223,21 @@ impl Proxy {
     /// wait up to `timeout` for open connections, then close the rest.
     /// Returns how many were closed by force.
     pub async fn shutdown(&self, timeout: Duration) -> usize {
+        // Every service's accept loop watches a child of this token.
         self.stop_accept.cancel();
         self.connections.close();
-        {
-            let state = self.state.lock().await;
-            for running in &state.services {
-                running.stop_accept.cancel();
-            }
-        }
-        if tokio::time::timeout(timeout, self.connections.wait())
+        let drained = tokio::time::timeout(timeout, self.connections.wait())
             .await
-            .is_ok()
-        {
-            return 0;
-        }
-        let forced = self.connections.len();
-        self.root.cancel();
-        self.connections.wait().await;
-        let state = self.state.lock().await;
-        for running in &state.services {
+            .is_ok();
+        let forced = if drained {
+            0
+        } else {
+            let open = self.connections.len();
+            self.root.cancel();
+            self.connections.wait().await;
+            open
+        };
+        for running in &self.state.lock().await.services {
             running.engine.stop();
         }
         forced
