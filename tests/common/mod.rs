@@ -285,22 +285,7 @@ pub fn service_toml(settings: &str, backends: &[(&str, SocketAddr)]) -> String {
 /// Connect to the proxy and read the greeting line: which backend answered.
 pub async fn who_answers(addr: SocketAddr) -> std::io::Result<String> {
     let mut stream = TcpStream::connect(addr).await?;
-    let mut line = Vec::new();
-    let mut byte = [0u8; 1];
-    loop {
-        let n = stream.read(&mut byte).await?;
-        if n == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "closed before greeting",
-            ));
-        }
-        if byte[0] == b'\n' {
-            break;
-        }
-        line.push(byte[0]);
-    }
-    Ok(String::from_utf8_lossy(&line).into_owned())
+    read_line(&mut stream).await
 }
 
 /// For [`Mode::PingPong`] backends: connect to the proxy, send a line and
@@ -308,22 +293,25 @@ pub async fn who_answers(addr: SocketAddr) -> std::io::Result<String> {
 pub async fn who_answers_when_asked(addr: SocketAddr) -> std::io::Result<String> {
     let mut stream = TcpStream::connect(addr).await?;
     stream.write_all(b"WHO\n").await?;
+    read_line(&mut stream).await
+}
+
+/// Read one line (without its newline); EOF before it is an error.
+async fn read_line(stream: &mut TcpStream) -> std::io::Result<String> {
     let mut line = Vec::new();
     let mut byte = [0u8; 1];
     loop {
-        let n = stream.read(&mut byte).await?;
-        if n == 0 {
+        if stream.read(&mut byte).await? == 0 {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
-                "closed before the answer",
+                "closed before the end of the line",
             ));
         }
         if byte[0] == b'\n' {
-            break;
+            return Ok(String::from_utf8_lossy(&line).into_owned());
         }
         line.push(byte[0]);
     }
-    Ok(String::from_utf8_lossy(&line).into_owned())
 }
 
 pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
