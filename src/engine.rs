@@ -8,7 +8,7 @@
 //! pointer, logs, counts, closes connections on the other backends
 //! (`on_switch = "close"`) and runs `notify`. It never touches client bytes.
 
-use std::sync::Arc;
+use std::sync::{Arc, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
@@ -17,7 +17,7 @@ use tokio::time::sleep_until;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::backend::{Backend, Service, Snapshot};
+use crate::backend::{Backend, EngineState, Service, Snapshot};
 use crate::config::{OnSwitch, ServiceConfig, Settings};
 use crate::decide::{self, BackendView, Cause, Policy};
 use crate::health;
@@ -188,44 +188,42 @@ impl Engine {
         let Ok(mut state) = backend.engine.lock() else {
             return;
         };
-        let Some(up) = state.hysteresis.record(ok, settings.rise, settings.fall) else {
-            return;
-        };
-        let now = Instant::now();
-        state.last_change = now;
-        if up {
-            state.up_since = Some(now);
-            backend.reset_passive_errors();
-        } else {
-            state.up_since = None;
-            state.down_reason = "health_check";
+        if let Some(up) = state.hysteresis.record(ok, settings.rise, settings.fall) {
+            self.flip(backend, state, up, "health_check");
         }
-        drop(state);
-        backend.set_up(up);
-        info!(
-            service = %self.service.name, backend = %backend.name,
-            state = if up { "up" } else { "down" }, reason = "health_check",
-            "backend state changed"
-        );
     }
 
     fn mark_passive_down(&self, backend: &Backend) {
         let Ok(mut state) = backend.engine.lock() else {
             return;
         };
-        if !state.hysteresis.force_down() {
-            return;
+        if state.hysteresis.force_down() {
+            self.flip(backend, state, false, "passive");
         }
+    }
+
+    /// Publish an up/down change that rise/fall or passive detection made.
+    /// Either way the run of failed connects on live traffic starts over.
+    fn flip(
+        &self,
+        backend: &Backend,
+        mut state: MutexGuard<'_, EngineState>,
+        up: bool,
+        reason: &'static str,
+    ) {
         let now = Instant::now();
         state.last_change = now;
-        state.up_since = None;
-        state.down_reason = "passive";
+        state.up_since = up.then_some(now);
+        if !up {
+            state.down_reason = reason;
+        }
         drop(state);
-        backend.set_up(false);
+        backend.set_up(up);
         backend.reset_passive_errors();
         info!(
             service = %self.service.name, backend = %backend.name,
-            state = "down", reason = "passive", "backend state changed"
+            state = if up { "up" } else { "down" }, reason,
+            "backend state changed"
         );
     }
 
