@@ -148,13 +148,6 @@ impl Pipe {
         self.len == 0
     }
 
-    /// Change the pipe's capacity (see [`set_pipe_size`]).
-    pub fn set_size(&mut self, bytes: usize) -> io::Result<usize> {
-        let size = set_pipe_size(self.write.as_fd(), bytes)?;
-        self.capacity = size;
-        Ok(size)
-    }
-
     /// Splice up to `max` bytes from `from` into the pipe; 0 means EOF.
     pub fn fill_from(&mut self, from: BorrowedFd<'_>, max: usize) -> io::Result<usize> {
         let n = splice(from, self.write.as_fd(), max)?;
@@ -264,9 +257,9 @@ mod tests {
     fn set_pipe_size_grows_capacity() {
         let mut pipe = Pipe::new().unwrap();
         assert_eq!(pipe.capacity(), pipe_size(pipe.write.as_fd()).unwrap());
-        let size = pipe.set_size(256 * 1024).unwrap();
-        assert!(size >= 256 * 1024);
-        assert_eq!(pipe.capacity(), size);
+        pipe.grow(256 * 1024);
+        assert_eq!(pipe.capacity(), pipe_size(pipe.write.as_fd()).unwrap());
+        assert!(pipe.capacity() >= 256 * 1024);
         pipe.grow(1 << 20);
         assert_eq!(pipe.capacity(), 1 << 20);
         pipe.grow(4096);
