@@ -3,7 +3,7 @@
 //! - `forward`: bytes through `failoverd::forward::forward` over real
 //!   loopback sockets, splice(2) against the userspace copy: one-way bulk
 //!   MB/s, and small-message round trips per second;
-//! - `decide`: `failoverd::decide::decide` per call;
+//! - `decide`: `failoverd::policy::decide` per call;
 //! - `config`: `failoverd::config::parse` of `config.example.toml`.
 //!
 //! Run: `cargo bench --bench forward` (full) or
@@ -23,8 +23,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use failoverd::config::{self, Failback};
-use failoverd::decide::{self, BackendView, Policy};
 use failoverd::forward::{self, ByteCounters, ForwardOptions, Outcome};
+use failoverd::policy::{self, BackendView, Policy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
@@ -261,7 +261,7 @@ fn bench_decide(s: &Settings) {
             continue;
         }
         let mut samples = per_call_ns(s, iters, || {
-            black_box(decide::decide(
+            black_box(policy::decide(
                 black_box(&views),
                 black_box(current),
                 black_box(policy),

@@ -9,24 +9,16 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use socket2::{SockRef, TcpKeepalive};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, warn};
 
-use crate::backend::{Backend, Service};
-use crate::config::BackendAddress;
 use crate::forward::{self, ForwardOptions};
-use crate::listener;
+use crate::net;
 use crate::ratelimit::LogLimit;
-
-/// TCP keepalive on both sockets so a vanished peer is noticed: first probe
-/// after 60 s idle, then every 10 s, given up after 6 unanswered probes.
-pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
-pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
-pub const KEEPALIVE_RETRIES: u32 = 6;
+use crate::service::{Backend, Service};
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -38,17 +30,17 @@ pub async fn handle(
     _permit: Option<OwnedSemaphorePermit>,
 ) {
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-    // TCP_NODELAY and keepalive came from the listener (see `listener::bind_std`).
+    // TCP_NODELAY and keepalive came from the listener (see `net::bind_std`).
     let snapshot = service.snapshot();
     let settings = &snapshot.settings;
     for backend in snapshot.connect_order() {
         // Taken before connecting, so a switch during the connect still
         // closes this connection.
         let close = backend.close_token();
-        match connect(&backend.address, settings.connect_timeout).await {
+        match net::connect(&backend.address, settings.connect_timeout).await {
             Ok(upstream) => {
                 backend.record_connect_ok();
-                if let Err(err) = tune(&upstream) {
+                if let Err(err) = net::tune(&upstream) {
                     debug!(service = %service.name, id, error = %err, "backend socket options failed");
                 }
                 let options = ForwardOptions {
@@ -63,7 +55,7 @@ pub async fn handle(
                 log_end(&service, backend, id, peer, started, result);
                 return;
             }
-            Err(err) if listener::is_resource_error(&err) => {
+            Err(err) if net::is_resource_error(&err) => {
                 // Out of fds or memory here: not the backend's fault, and
                 // the next backend would fail the same way.
                 static LIMIT: LogLimit = LogLimit::new();
@@ -110,62 +102,4 @@ fn log_end(
             error = %err, "connection ended by error"
         ),
     }
-}
-
-/// TCP_NODELAY and keepalive.
-fn tune(stream: &TcpStream) -> io::Result<()> {
-    tune_socket(SockRef::from(stream))
-}
-
-/// TCP_NODELAY and keepalive on any TCP socket. Set on a listener, Linux
-/// copies both to every accepted socket, which saves five setsockopt calls
-/// per client connection.
-pub fn tune_socket(socket: SockRef<'_>) -> io::Result<()> {
-    socket.set_tcp_nodelay(true)?;
-    let keepalive = TcpKeepalive::new()
-        .with_time(KEEPALIVE_IDLE)
-        .with_interval(KEEPALIVE_INTERVAL)
-        .with_retries(KEEPALIVE_RETRIES);
-    socket.set_tcp_keepalive(&keepalive)
-}
-
-/// Connect to a backend within `timeout`; a hostname is resolved now and
-/// each of its addresses tried in turn within the same deadline.
-pub async fn connect(address: &BackendAddress, timeout: Duration) -> io::Result<TcpStream> {
-    let attempt = async { connect_first(resolve(address).await?).await };
-    match tokio::time::timeout(timeout, attempt).await {
-        Ok(result) => result,
-        Err(_) => Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!(
-                "connect timed out after {}",
-                crate::config::format_duration(timeout)
-            ),
-        )),
-    }
-}
-
-/// A backend's addresses: the literal one (no lookup, no allocation), or
-/// what its hostname resolves to now. Shared by connects and health checks.
-pub async fn resolve(address: &BackendAddress) -> io::Result<impl Iterator<Item = SocketAddr>> {
-    let (literal, resolved) = match address {
-        BackendAddress::Ip(addr) => (Some(*addr), None),
-        BackendAddress::Host { host, port } => (
-            None,
-            Some(tokio::net::lookup_host((host.as_str(), *port)).await?),
-        ),
-    };
-    Ok(literal.into_iter().chain(resolved.into_iter().flatten()))
-}
-
-/// Connect to the first of `addrs` that accepts; the last error otherwise.
-pub async fn connect_first(addrs: impl Iterator<Item = SocketAddr>) -> io::Result<TcpStream> {
-    let mut last = io::Error::new(io::ErrorKind::NotFound, "no address to connect to");
-    for addr in addrs {
-        match TcpStream::connect(addr).await {
-            Ok(stream) => return Ok(stream),
-            Err(err) => last = err,
-        }
-    }
-    Err(last)
 }

@@ -243,7 +243,7 @@ pub fn format_status(status: &Status) -> String {
         out.push_str(&format!(
             "service {}  listen {}  active {}\n",
             service.name,
-            service.listen,
+            service.listen.as_deref().unwrap_or("-"),
             service.active.as_deref().unwrap_or("-")
         ));
         out.push_str(&format!(

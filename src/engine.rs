@@ -3,13 +3,13 @@
 //!
 //! It owns the service's health-check tasks, receives their results, the
 //! data path's passive connect errors, `ctl enable/disable` and reloads as
-//! [`Event`]s, applies rise/fall (`health.rs`), asks the pure decision
-//! function (`decide.rs`) which backend is active, and on a change swaps the
+//! [`Event`]s, applies rise/fall and asks the pure decision function (both
+//! in `policy.rs`) which backend is active, and on a change swaps the
 //! pointer, logs, counts, closes connections on the other backends
 //! (`on_switch = "close"`) and runs `notify`. It never touches client bytes.
 
 use std::sync::{Arc, MutexGuard};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, oneshot};
@@ -17,33 +17,13 @@ use tokio::time::sleep_until;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::backend::{Backend, EngineState, Service, Snapshot};
-use crate::config::{OnSwitch, ServiceConfig, Settings};
-use crate::decide::{self, BackendView, Cause, Policy};
+use crate::config::{OnSwitch, ServiceConfig};
 use crate::health;
-use crate::listener::Limit;
 use crate::metrics as m;
 use crate::notify;
+use crate::policy::{self, BackendView, Cause, Policy, SwitchReason};
 use crate::ratelimit::LogLimit;
-
-/// Messages to a service's engine.
-pub enum Event {
-    /// One active check finished.
-    Check { backend: Arc<Backend>, ok: bool },
-    /// `passive_errors` consecutive failed connects on live traffic.
-    PassiveDown(Arc<Backend>),
-    /// `ctl enable` / `ctl disable`; replies false for an unknown backend.
-    SetEnabled {
-        backend: String,
-        enabled: bool,
-        reply: oneshot::Sender<bool>,
-    },
-    /// Apply a new config of this service (same name).
-    Reload {
-        config: Box<ServiceConfig>,
-        reply: oneshot::Sender<()>,
-    },
-}
+use crate::service::{Backend, Event, Health, Limit, Service, Snapshot};
 
 /// A running engine: the service it steers and how to stop it.
 pub struct EngineHandle {
@@ -71,20 +51,27 @@ impl Drop for EngineHandle {
 }
 
 /// Build a service from its config and start its engine and checks.
-/// `root` is the parent of every connection's close token (shutdown).
-pub fn start(config: &ServiceConfig, root: &CancellationToken) -> EngineHandle {
+/// `force_close` is the parent of every connection's close token (shutdown).
+pub fn start(config: &ServiceConfig, force_close: &CancellationToken) -> EngineHandle {
     let backends: Vec<Arc<Backend>> = config
         .backends
         .iter()
-        .map(|b| Arc::new(Backend::new(&config.name, &b.name, b.address.clone(), root)))
+        .map(|b| {
+            Arc::new(Backend::new(
+                &config.name,
+                &b.name,
+                b.address.clone(),
+                force_close,
+            ))
+        })
         .collect();
     let views = views(&backends);
-    let active = decide::initial(&views);
+    let active = policy::initial(&views);
     set_active_gauges(&backends, active);
     let (tx, rx) = mpsc::unbounded_channel();
     let service = Arc::new(Service {
         name: config.name.clone(),
-        state: ArcSwap::from_pointee(Snapshot {
+        current: ArcSwap::from_pointee(Snapshot {
             settings: Arc::new(config.settings.clone()),
             backends,
             active,
@@ -98,7 +85,7 @@ pub fn start(config: &ServiceConfig, root: &CancellationToken) -> EngineHandle {
     let engine = Engine {
         service: Arc::clone(&service),
         events: rx,
-        root: root.clone(),
+        force_close: force_close.clone(),
         checks: stop.child_token(),
         stop: stop.clone(),
     };
@@ -110,7 +97,8 @@ pub fn start(config: &ServiceConfig, root: &CancellationToken) -> EngineHandle {
 struct Engine {
     service: Arc<Service>,
     events: mpsc::UnboundedReceiver<Event>,
-    root: CancellationToken,
+    /// Parent of the close tokens of backends a reload adds.
+    force_close: CancellationToken,
     /// Cancelled to stop the current set of check tasks (reload, stop).
     checks: CancellationToken,
     stop: CancellationToken,
@@ -185,20 +173,20 @@ impl Engine {
 
     fn record_check(&self, backend: &Backend, ok: bool) {
         let settings = Arc::clone(&self.service.snapshot().settings);
-        let Ok(mut state) = backend.engine.lock() else {
+        let Ok(mut health) = backend.health.lock() else {
             return;
         };
-        if let Some(up) = state.hysteresis.record(ok, settings.rise, settings.fall) {
-            self.flip(backend, state, up, "health_check");
+        if let Some(up) = health.hysteresis.record(ok, settings.rise, settings.fall) {
+            self.flip(backend, health, up, SwitchReason::HealthCheck);
         }
     }
 
     fn mark_passive_down(&self, backend: &Backend) {
-        let Ok(mut state) = backend.engine.lock() else {
+        let Ok(mut health) = backend.health.lock() else {
             return;
         };
-        if state.hysteresis.force_down() {
-            self.flip(backend, state, false, "passive");
+        if health.hysteresis.force_down() {
+            self.flip(backend, health, false, SwitchReason::Passive);
         }
     }
 
@@ -207,29 +195,29 @@ impl Engine {
     fn flip(
         &self,
         backend: &Backend,
-        mut state: MutexGuard<'_, EngineState>,
+        mut health: MutexGuard<'_, Health>,
         up: bool,
-        reason: &'static str,
+        reason: SwitchReason,
     ) {
         let now = Instant::now();
-        state.last_change = now;
-        state.up_since = up.then_some(now);
+        health.last_change = now;
+        health.up_since = up.then_some(now);
         if !up {
-            state.down_reason = reason;
+            health.down_reason = reason;
         }
-        drop(state);
+        drop(health);
         backend.set_up(up);
         backend.reset_passive_errors();
         info!(
             service = %self.service.name, backend = %backend.name,
-            state = if up { "up" } else { "down" }, reason,
+            state = if up { "up" } else { "down" }, %reason,
             "backend state changed"
         );
     }
 
     /// Run the decision and switch if it changed; returns when to look again.
     /// `forced_reason` overrides the reason (reload).
-    fn evaluate(&self, forced_reason: Option<&'static str>) -> Option<Instant> {
+    fn evaluate(&self, forced_reason: Option<SwitchReason>) -> Option<Instant> {
         let snapshot = self.service.snapshot();
         let from = snapshot.active_backend().map(|b| b.name.clone());
         self.evaluate_from(&snapshot, from, forced_reason)
@@ -241,14 +229,14 @@ impl Engine {
         &self,
         snapshot: &Snapshot,
         from: Option<String>,
-        forced_reason: Option<&'static str>,
+        forced_reason: Option<SwitchReason>,
     ) -> Option<Instant> {
         let views = views(&snapshot.backends);
         let policy = Policy {
             failback: snapshot.settings.failback,
             failback_delay: snapshot.settings.failback_delay,
         };
-        let decision = decide::decide(&views, snapshot.active, policy, Instant::now());
+        let decision = policy::decide(&views, snapshot.active, policy, Instant::now());
         let to = decision
             .active
             .and_then(|i| snapshot.backends.get(i))
@@ -266,11 +254,11 @@ impl Engine {
         active: Option<usize>,
         from: Option<String>,
         to: Option<String>,
-        reason: &'static str,
+        reason: SwitchReason,
     ) {
         let backends = old.backends.clone();
         let settings = Arc::clone(&old.settings);
-        self.service.state.store(Arc::new(Snapshot {
+        self.service.current.store(Arc::new(Snapshot {
             settings: Arc::clone(&settings),
             backends: backends.clone(),
             active,
@@ -281,14 +269,14 @@ impl Engine {
             "service" => self.service.name.clone(),
             "from" => from.clone().unwrap_or_default(),
             "to" => to.clone().unwrap_or_default(),
-            "reason" => reason,
+            "reason" => reason.as_str(),
         )
         .increment(1);
         info!(
             service = %self.service.name,
             from = from.as_deref().unwrap_or(""),
             to = to.as_deref().unwrap_or(""),
-            reason,
+            %reason,
             "active backend switched"
         );
         if settings.on_switch == OnSwitch::Close {
@@ -304,7 +292,7 @@ impl Engine {
                 &self.service.name,
                 from.as_deref(),
                 to.as_deref(),
-                reason,
+                reason.as_str(),
                 notify::NOTIFY_TIME_LIMIT,
             );
         }
@@ -328,7 +316,7 @@ impl Engine {
                             &config.name,
                             &b.name,
                             b.address.clone(),
-                            &self.root,
+                            &self.force_close,
                         ))
                     })
             })
@@ -347,12 +335,12 @@ impl Engine {
             active: current,
         });
         set_active_gauges(&next.backends, current);
-        self.service.state.store(Arc::clone(&next));
+        self.service.current.store(Arc::clone(&next));
         self.checks.cancel();
         self.checks = self.stop.child_token();
         self.spawn_checks();
         let from = old.active_backend().map(|b| b.name.clone());
-        let recheck = self.evaluate_from(&next, from, Some("reload"));
+        let recheck = self.evaluate_from(&next, from, Some(SwitchReason::Reload));
         // Connections on removed backends drain, unless the active backend
         // changed under `on_switch = "close"`.
         let now = self.service.snapshot();
@@ -378,64 +366,13 @@ impl Engine {
     fn spawn_checks(&self) {
         let snapshot = self.service.snapshot();
         for (i, backend) in snapshot.backends.iter().enumerate() {
-            tokio::spawn(check_loop(
+            tokio::spawn(health::check_loop(
                 Arc::clone(backend),
                 Arc::clone(&snapshot.settings),
                 self.service.events.clone(),
                 self.checks.clone(),
                 i as u64,
             ));
-        }
-    }
-}
-
-/// One backend's active checks: the first at once, then every
-/// `check_interval` with a little jitter, until `stop`.
-async fn check_loop(
-    backend: Arc<Backend>,
-    settings: Arc<Settings>,
-    events: mpsc::UnboundedSender<Event>,
-    stop: CancellationToken,
-    seed: u64,
-) {
-    let mut round: u64 = 0;
-    loop {
-        let started = Instant::now();
-        let result = tokio::select! {
-            result = health::probe(&backend.address, settings.check_timeout, &settings.check_send, &settings.check_expect) => result,
-            _ = stop.cancelled() => return,
-        };
-        let ok = result.is_ok();
-        let metrics = &backend.metrics;
-        metrics
-            .check_duration
-            .record(started.elapsed().as_secs_f64());
-        if ok {
-            metrics.checks_ok.increment(1);
-        } else {
-            metrics.checks_fail.increment(1);
-        }
-        if let Ok(now) = SystemTime::now().duration_since(UNIX_EPOCH) {
-            metrics.last_check.set(now.as_secs_f64());
-        }
-        if let Err(err) = &result {
-            tracing::debug!(service = %backend.service, backend = %backend.name, error = %err, "health check failed");
-        }
-        if events
-            .send(Event::Check {
-                backend: Arc::clone(&backend),
-                ok,
-            })
-            .is_err()
-        {
-            return;
-        }
-        round += 1;
-        let next =
-            started + health::jittered(settings.check_interval, seed.wrapping_mul(7919) ^ round);
-        tokio::select! {
-            _ = sleep_until(next.into()) => {}
-            _ = stop.cancelled() => return,
         }
     }
 }
@@ -453,7 +390,7 @@ fn views(backends: &[Arc<Backend>]) -> Vec<BackendView> {
         .map(|b| BackendView {
             up: b.is_up(),
             enabled: b.is_enabled(),
-            up_since: b.engine.lock().ok().and_then(|s| s.up_since),
+            up_since: b.health.lock().ok().and_then(|h| h.up_since),
         })
         .collect()
 }
@@ -466,16 +403,13 @@ fn set_active_gauges(backends: &[Arc<Backend>], active: Option<usize>) {
     }
 }
 
-/// The SPEC.md reason for a decision's cause.
-fn reason(old: &Snapshot, cause: Option<Cause>) -> &'static str {
-    match cause {
-        Some(Cause::ActiveDown) => old
-            .active_backend()
-            .and_then(|b| b.engine.lock().ok().map(|s| s.down_reason))
-            .unwrap_or("health_check"),
-        Some(Cause::ActiveDisabled) => "disabled",
-        Some(Cause::Failback) => "failback",
-        Some(Cause::Recovered) | None => "health_check",
-        Some(Cause::Other) => "reload",
-    }
+/// The reason for a decision's cause.
+fn reason(old: &Snapshot, cause: Option<Cause>) -> SwitchReason {
+    let down_reason = old
+        .active_backend()
+        .and_then(|b| b.health.lock().ok().map(|h| h.down_reason))
+        .unwrap_or(SwitchReason::HealthCheck);
+    cause.map_or(SwitchReason::HealthCheck, |c| {
+        SwitchReason::for_cause(c, down_reason)
+    })
 }

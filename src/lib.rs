@@ -4,35 +4,46 @@
 //! active backend; health checks and failed connects on live traffic move
 //! the active pointer between the primary and its ordered backups.
 //!
-//! Layout, in pipeline order:
-//! - `config`   TOML -> validated [`config::Config`]
-//! - `listener` bind with socket2, accept loop, `max_connections`
-//! - `conn`     one connection: pick, connect (retry the next), forward
-//! - `forward`  splice(2) through a pipe, or userspace copy
-//! - `backend`  backends, the snapshot and its `ArcSwap` active pointer
-//! - `engine`   per-service failover engine: the snapshot's only writer
-//! - `health`   active checks and rise/fall
-//! - `decide`   the pure decision function
-//! - `notify`   the switch hook command
-//! - `proxy`    the running whole: start, reload, status, shutdown
-//! - `workers`  one single-threaded runtime per core for the data path
-//! - `ratelimit` one log line a second for errors that come in floods
-//! - `metrics`  metric names
-//! - `demo`     `failoverd demo`: built-in backends, traffic, failover report
+//! The crate is layered: a module imports only modules of a lower layer
+//! (never one of its own layer above it, never one above), so it reads
+//! bottom to top and no two modules import each other.
+//!
+//! ```text
+//! layer 1  config/     model, raw serde, validate, durations, addresses, TSIG keys, summary
+//!          metrics     every metric name as a const, the recorder, /metrics
+//!          ratelimit   one log line a second for error floods
+//! layer 2  policy      pure: rise/fall hysteresis and the decision, `now` passed in
+//!          net         socket helpers: bind, resolve, connect, options, error classes
+//!          forward/    splice (the only unsafe for the data path), copy, forward()
+//!          notify      the switch hook command
+//! layer 3  service     Backend, Snapshot, Service (the ArcSwap), the limit, engine events
+//! layer 4  health/     the check loop and one probe per check kind
+//!          conn        one client connection: choose, connect (retry the next), forward
+//! layer 5  engine      per-service failover engine, the only writer of a snapshot
+//!          listener    accept loops, max_connections
+//! layer 6  proxy       the running whole: start, reload, status, shutdown
+//!          workers     one single-threaded runtime per core for the data path
+//! layer 7  control     signals, control socket, ctl client
+//!          demo/       `failoverd demo`
+//! ```
+//!
+//! Modules are private unless the binary, the integration tests or the
+//! benchmarks need them.
 #![deny(unsafe_code)]
 
-pub mod backend;
 pub mod config;
-pub mod conn;
+mod conn;
 pub mod control;
-pub mod decide;
 pub mod demo;
-pub mod engine;
+mod engine;
 pub mod forward;
-pub mod health;
-pub mod listener;
+mod health;
+mod listener;
 pub mod metrics;
-pub mod notify;
+mod net;
+mod notify;
+pub mod policy;
 pub mod proxy;
-pub mod ratelimit;
+mod ratelimit;
+mod service;
 pub mod workers;

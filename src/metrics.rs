@@ -25,6 +25,15 @@ pub const LAST_HEALTH_CHECK_TIMESTAMP_SECONDS: &str =
     "failoverd_last_health_check_timestamp_seconds";
 pub const CONFIG_RELOADS_TOTAL: &str = "failoverd_config_reloads_total";
 pub const CONFIG_LAST_RELOAD_SUCCESSFUL: &str = "failoverd_config_last_reload_successful";
+pub const CONNECTIONS_HELD: &str = "failoverd_connections_held";
+pub const HELD_TOTAL: &str = "failoverd_held_total";
+pub const REJECTED_TOTAL: &str = "failoverd_rejected_total";
+pub const CLUSTER_CONNECTED: &str = "failoverd_cluster_connected";
+pub const CLUSTER_DECIDER: &str = "failoverd_cluster_decider";
+pub const CLUSTER_MEMBERS: &str = "failoverd_cluster_members";
+pub const CLUSTER_GENERATION: &str = "failoverd_cluster_generation";
+pub const DNS_UPDATES_TOTAL: &str = "failoverd_dns_updates_total";
+pub const DNS_PUBLISHED: &str = "failoverd_dns_published";
 
 /// Register the help texts shown in the scrape output.
 pub fn describe() {
@@ -63,6 +72,33 @@ pub fn describe() {
     describe_gauge!(
         CONFIG_LAST_RELOAD_SUCCESSFUL,
         "1 when the last reload was applied."
+    );
+    describe_gauge!(
+        CONNECTIONS_HELD,
+        "Client connections waiting under hold_timeout for a backend."
+    );
+    describe_counter!(
+        HELD_TOTAL,
+        "Held client connections, by how the hold ended (served or timeout)."
+    );
+    describe_counter!(
+        REJECTED_TOTAL,
+        "Client connections closed before any backend was contacted (allow, proxy_header)."
+    );
+    describe_gauge!(
+        CLUSTER_CONNECTED,
+        "1 while this instance is a cluster member (its lease lives)."
+    );
+    describe_gauge!(CLUSTER_DECIDER, "1 while this instance is the decider.");
+    describe_gauge!(CLUSTER_MEMBERS, "Cluster members seen.");
+    describe_gauge!(
+        CLUSTER_GENERATION,
+        "Generation of the agreed backend of a service."
+    );
+    describe_counter!(DNS_UPDATES_TOTAL, "DNS UPDATE messages sent, by result.");
+    describe_gauge!(
+        DNS_PUBLISHED,
+        "1 for the backend whose address the DNS record holds."
     );
 }
 

@@ -19,8 +19,10 @@ use tokio_util::task::TaskTracker;
 use tracing::info;
 
 use crate::config::{Config, ServiceConfig};
-use crate::engine::{self, EngineHandle, Event};
+use crate::engine::{self, EngineHandle};
 use crate::listener;
+use crate::net;
+use crate::service::Event;
 
 /// A start-up failure other than a bad config (exit status 1).
 #[derive(Debug, thiserror::Error)]
@@ -34,8 +36,8 @@ pub struct BindError {
 
 struct Running {
     config: ServiceConfig,
-    /// The address actually bound (port 0 resolved).
-    bound: SocketAddr,
+    /// The address actually bound (port 0 resolved); `None` for a DNS-only service.
+    bound: Option<SocketAddr>,
     engine: EngineHandle,
     /// Stops this service's accept loop (and so closes its listener).
     stop_accept: CancellationToken,
@@ -53,7 +55,7 @@ pub struct Proxy {
     connections: TaskTracker,
     /// Parent of every connection's close token: cancelled when the drain
     /// deadline passes.
-    root: CancellationToken,
+    force_close: CancellationToken,
     /// Stops every accept loop.
     stop_accept: CancellationToken,
     /// Runtimes that run accept loops and connections, one per core.
@@ -77,7 +79,7 @@ impl Proxy {
                 services: Vec::new(),
             }),
             connections: TaskTracker::new(),
-            root: CancellationToken::new(),
+            force_close: CancellationToken::new(),
             stop_accept: CancellationToken::new(),
             workers,
         };
@@ -96,7 +98,7 @@ impl Proxy {
             .services
             .iter()
             .find(|s| s.config.name == service)
-            .map(|s| s.bound)
+            .and_then(|s| s.bound)
     }
 
     /// The config in force.
@@ -146,7 +148,9 @@ impl Proxy {
         // Services removed, or whose listen address moved: close the old
         // listener; their established connections drain on their own.
         for gone in old {
-            info!(service = %gone.config.name, listen = %gone.bound, "listener closed by reload");
+            if let Some(listen) = gone.bound {
+                info!(service = %gone.config.name, %listen, "listener closed by reload");
+            }
             gone.stop_accept.cancel();
         }
         state.services = next;
@@ -210,7 +214,7 @@ impl Proxy {
                     .collect();
                 ServiceStatus {
                     name: running.config.name.clone(),
-                    listen: running.bound.to_string(),
+                    listen: running.bound.map(|b| b.to_string()),
                     active,
                     backends,
                 }
@@ -233,7 +237,7 @@ impl Proxy {
             0
         } else {
             let open = self.connections.len();
-            self.root.cancel();
+            self.force_close.cancel();
             self.connections.wait().await;
             open
         };
@@ -253,22 +257,32 @@ impl Proxy {
     /// Bind a service's sockets (one per worker), start its engine on this
     /// runtime and its accept loops on the workers.
     fn start_service(&self, config: &ServiceConfig) -> Result<Running, BindError> {
+        let stop_accept = self.stop_accept.child_token();
+        let Some(listen) = config.listen else {
+            // DNS failover only: checks and the engine, no listener.
+            let engine = engine::start(config, &self.force_close);
+            info!(service = %config.name, "monitoring only (no listen address)");
+            return Ok(Running {
+                config: config.clone(),
+                bound: None,
+                engine,
+                stop_accept,
+            });
+        };
         let bind_error = |source| BindError {
             service: config.name.clone(),
-            address: config.listen,
+            address: listen,
             source,
         };
         let reuseport = self.workers.len() > 1;
-        let first =
-            listener::bind_std(config.listen, config.freebind, reuseport).map_err(bind_error)?;
+        let first = net::bind_std(listen, config.freebind, reuseport).map_err(bind_error)?;
         // With port 0 the others must join the port the kernel picked.
         let bound = first.local_addr().map_err(bind_error)?;
         let mut sockets = vec![first];
         for _ in 1..self.workers.len() {
-            sockets.push(listener::bind_std(bound, config.freebind, true).map_err(bind_error)?);
+            sockets.push(net::bind_std(bound, config.freebind, true).map_err(bind_error)?);
         }
-        let engine = engine::start(config, &self.root);
-        let stop_accept = self.stop_accept.child_token();
+        let engine = engine::start(config, &self.force_close);
         for (socket, worker) in sockets.into_iter().zip(&self.workers) {
             worker.spawn(listener::accept_loop(
                 socket,
@@ -280,7 +294,7 @@ impl Proxy {
         info!(service = %config.name, listen = %bound, workers = self.workers.len(), "listening");
         Ok(Running {
             config: config.clone(),
-            bound,
+            bound: Some(bound),
             engine,
             stop_accept,
         })
@@ -296,7 +310,8 @@ pub struct Status {
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct ServiceStatus {
     pub name: String,
-    pub listen: String,
+    /// `None` for a DNS-only service.
+    pub listen: Option<String>,
     pub active: Option<String>,
     pub backends: Vec<BackendStatus>,
 }

@@ -204,11 +204,17 @@ async fn echo(stream: TcpStream, served: Arc<AtomicUsize>) {
     let _ = w.shutdown().await;
 }
 
-/// A listener with a deep accept queue (the proxy's own `bind`): a burst of
+/// A listener with a deep accept queue, as the proxy's own: a burst of
 /// hundreds of connects must not overflow a test backend's queue, or the
 /// kernel resets connections the proxy already forwarded.
 pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    failoverd::listener::bind(addr, false)
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    TcpListener::from_std(socket.into())
 }
 
 /// A port on 127.0.0.1 where nothing listens (connects are refused).

@@ -1,11 +1,12 @@
-//! The failover decision: given every backend's health and maintenance state,
-//! which backend of a service should be active right now.
+//! The failover policy, pure: the rise/fall hysteresis that turns a stream
+//! of check results into up/down, and the decision of which backend of a
+//! service should be active right now.
 //!
 //! This is the single place that encodes the choice rules of SPEC.md
 //! (priority order, failback `auto`/`manual`, `failback_delay`, disabled
-//! backends). It is pure: no I/O, no clock reads (`now` is passed in), no
-//! logging, no metrics. Callers turn a [`Decision`] into a pointer swap, a log
-//! line, a metric and a notify run; they map [`Cause`] to a SPEC.md reason.
+//! backends). No I/O, no clock reads (`now` is passed in), no logging, no
+//! metrics. Callers turn a [`Decision`] into a pointer swap, a log line, a
+//! metric and a notify run; they map [`Cause`] to a switch reason.
 
 use std::time::{Duration, Instant};
 
@@ -48,8 +49,54 @@ pub enum Cause {
     Failback,
     /// there was no active backend and one came up
     Recovered,
-    /// the current one vanished (index out of range, e.g. after reload) or other
-    Other,
+    /// the current one is no longer in the list (a reload removed it)
+    Removed,
+}
+
+/// Why the active backend changed, as SPEC.md names it in logs, metrics
+/// and `FAILOVERD_REASON`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SwitchReason {
+    /// The active backend failed its health checks.
+    HealthCheck,
+    /// Failed connects on live traffic.
+    Passive,
+    /// Return to a recovered or re-enabled higher-priority backend.
+    Failback,
+    /// `ctl disable` of the active backend.
+    Disabled,
+    /// A reload changed the choice.
+    Reload,
+}
+
+impl SwitchReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SwitchReason::HealthCheck => "health_check",
+            SwitchReason::Passive => "passive",
+            SwitchReason::Failback => "failback",
+            SwitchReason::Disabled => "disabled",
+            SwitchReason::Reload => "reload",
+        }
+    }
+
+    /// The reason for a decision's cause; `down_reason` is why the old
+    /// active backend went down (health check or passive).
+    pub fn for_cause(cause: Cause, down_reason: SwitchReason) -> SwitchReason {
+        match cause {
+            Cause::ActiveDown => down_reason,
+            Cause::ActiveDisabled => SwitchReason::Disabled,
+            Cause::Failback => SwitchReason::Failback,
+            Cause::Recovered => SwitchReason::HealthCheck,
+            Cause::Removed => SwitchReason::Reload,
+        }
+    }
+}
+
+impl std::fmt::Display for SwitchReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// The outcome of [`decide`].
@@ -93,7 +140,7 @@ pub fn decide(
     } else {
         Some(match current_view {
             None if current.is_none() => Cause::Recovered,
-            None => Cause::Other,
+            None => Cause::Removed,
             Some((_, view)) if !view.up => Cause::ActiveDown,
             Some((_, view)) if !view.enabled => Cause::ActiveDisabled,
             Some(_) => Cause::Failback,
@@ -154,6 +201,62 @@ fn earliest_pending(higher: &[BackendView], policy: Policy, now: Instant) -> Opt
         .filter_map(|view| eligible_at(view, policy.failback_delay, now))
         .filter(|at| *at > now)
         .min()
+}
+
+/// Rise/fall hysteresis for one backend: `fall` consecutive failed checks turn
+/// it down, `rise` consecutive good checks turn it up again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hysteresis {
+    pub up: bool,
+    /// Length of the current run of good checks (0 after a failure).
+    pub consecutive_ok: u32,
+    /// Length of the current run of failed checks (0 after a success); keeps
+    /// counting while down, for `ctl status`.
+    pub consecutive_fail: u32,
+}
+
+impl Hysteresis {
+    /// The start-up state: backends start up (SPEC.md).
+    pub fn new_up() -> Self {
+        Hysteresis {
+            up: true,
+            consecutive_ok: 0,
+            consecutive_fail: 0,
+        }
+    }
+
+    /// Record one check result; returns Some(new_up) when the state flips.
+    ///
+    /// `rise` and `fall` of 0 are treated as 1 (validation rejects them).
+    pub fn record(&mut self, ok: bool, rise: u32, fall: u32) -> Option<bool> {
+        if ok {
+            self.consecutive_ok = self.consecutive_ok.saturating_add(1);
+            self.consecutive_fail = 0;
+            if !self.up && self.consecutive_ok >= rise.max(1) {
+                self.up = true;
+                return Some(true);
+            }
+        } else {
+            self.consecutive_fail = self.consecutive_fail.saturating_add(1);
+            self.consecutive_ok = 0;
+            if self.up && self.consecutive_fail >= fall.max(1) {
+                self.up = false;
+                return Some(false);
+            }
+        }
+        None
+    }
+
+    /// Force down (passive detection), resetting counters; returns true if it flipped.
+    ///
+    /// Coming back up then takes `rise` good checks, as after any fall.
+    pub fn force_down(&mut self) -> bool {
+        let flipped = self.up;
+        self.up = false;
+        self.consecutive_ok = 0;
+        self.consecutive_fail = 0;
+        flipped
+    }
 }
 
 #[cfg(test)]
@@ -380,13 +483,13 @@ mod tests {
             .delay(60)
             .expect(Some(1), Some(Recovered)),
             case("current out of range -> other", vec![up(0), up(0)], Some(5))
-                .expect(Some(0), Some(Other)),
+                .expect(Some(0), Some(Removed)),
             case(
                 "current out of range and nothing up -> other",
                 vec![down()],
                 Some(3),
             )
-            .expect(None, Some(Other)),
+            .expect(None, Some(Removed)),
             case(
                 "up without up_since counts as up long enough",
                 vec![
@@ -452,5 +555,206 @@ mod tests {
         assert_eq!(initial(&[disabled(up(0)), up(0)]), Some(1));
         assert_eq!(initial(&[disabled(up(0))]), None);
         assert_eq!(initial(&[]), None);
+    }
+
+    /// Feed `results` into a fresh up state; return the flips seen.
+    fn flips(start_up: bool, results: &[bool], rise: u32, fall: u32) -> Vec<(usize, bool)> {
+        let mut h = Hysteresis::new_up();
+        if !start_up {
+            h.force_down();
+        }
+        results
+            .iter()
+            .enumerate()
+            .filter_map(|(i, ok)| h.record(*ok, rise, fall).map(|up| (i, up)))
+            .collect()
+    }
+
+    #[test]
+    fn hysteresis_follows_rise_fall_table() {
+        struct Case {
+            name: &'static str,
+            start_up: bool,
+            results: &'static str,
+            rise: u32,
+            fall: u32,
+            want: Vec<(usize, bool)>,
+        }
+        let cases = [
+            Case {
+                name: "fall failures turn up -> down",
+                start_up: true,
+                results: "xxx",
+                rise: 2,
+                fall: 3,
+                want: vec![(2, false)],
+            },
+            Case {
+                name: "fewer than fall failures stay up",
+                start_up: true,
+                results: "xxoxxoxx",
+                rise: 2,
+                fall: 3,
+                want: vec![],
+            },
+            Case {
+                name: "rise successes turn down -> up",
+                start_up: false,
+                results: "oo",
+                rise: 2,
+                fall: 3,
+                want: vec![(1, true)],
+            },
+            Case {
+                name: "a failure resets the rise run",
+                start_up: false,
+                results: "oxoxoo",
+                rise: 2,
+                fall: 3,
+                want: vec![(5, true)],
+            },
+            Case {
+                name: "fall=1 rise=1 flips on every change",
+                start_up: true,
+                results: "xoxo",
+                rise: 1,
+                fall: 1,
+                want: vec![(0, false), (1, true), (2, false), (3, true)],
+            },
+            Case {
+                name: "flapping every check never flips with rise,fall >= 2",
+                start_up: true,
+                results: "xoxoxoxoxoxoxoxoxoxo",
+                rise: 2,
+                fall: 2,
+                want: vec![],
+            },
+            Case {
+                name: "flapping every check while down never flips",
+                start_up: false,
+                results: "oxoxoxoxoxoxoxoxoxox",
+                rise: 2,
+                fall: 2,
+                want: vec![],
+            },
+            Case {
+                name: "successes while up do not flip",
+                start_up: true,
+                results: "oooo",
+                rise: 2,
+                fall: 3,
+                want: vec![],
+            },
+            Case {
+                name: "zero thresholds act as one",
+                start_up: true,
+                results: "xo",
+                rise: 0,
+                fall: 0,
+                want: vec![(0, false), (1, true)],
+            },
+        ];
+        for case in cases {
+            let results: Vec<bool> = case.results.chars().map(|c| c == 'o').collect();
+            assert_eq!(
+                flips(case.start_up, &results, case.rise, case.fall),
+                case.want,
+                "case: {}",
+                case.name
+            );
+        }
+    }
+
+    #[test]
+    fn failures_keep_counting_while_down() {
+        let mut h = Hysteresis::new_up();
+        for _ in 0..5 {
+            h.record(false, 2, 3);
+        }
+        assert!(!h.up);
+        assert_eq!(h.consecutive_fail, 5);
+        assert_eq!(h.consecutive_ok, 0);
+    }
+
+    #[test]
+    fn force_down_flips_once_and_resets_counters() {
+        let mut h = Hysteresis::new_up();
+        h.record(false, 2, 3);
+        assert!(h.force_down());
+        assert_eq!(
+            h,
+            Hysteresis {
+                up: false,
+                consecutive_ok: 0,
+                consecutive_fail: 0
+            }
+        );
+        assert!(!h.force_down());
+        assert_eq!(h.record(true, 2, 3), None);
+        assert_eq!(h.record(true, 2, 3), Some(true));
+    }
+
+    /// Drive a primary through `pattern` repeated `cycles` times, with a
+    /// healthy backup, and count health flips and switches made by `decide`.
+    fn simulate(pattern: &[bool], cycles: usize, rise: u32, fall: u32) -> (usize, usize, usize) {
+        let start = std::time::Instant::now();
+        let policy = Policy {
+            failback: Failback::Auto,
+            failback_delay: Duration::ZERO,
+        };
+        let mut primary = Hysteresis::new_up();
+        let mut up_since = Some(start);
+        let backup = BackendView {
+            up: true,
+            enabled: true,
+            up_since: Some(start),
+        };
+        let mut active = Some(0);
+        let (mut downs, mut ups, mut switches) = (0, 0, 0);
+        let mut now = start;
+        for ok in pattern.iter().cycle().take(pattern.len() * cycles) {
+            now += Duration::from_millis(500);
+            match primary.record(*ok, rise, fall) {
+                Some(true) => {
+                    ups += 1;
+                    up_since = Some(now);
+                }
+                Some(false) => {
+                    downs += 1;
+                    up_since = None;
+                }
+                None => {}
+            }
+            let view = BackendView {
+                up: primary.up,
+                enabled: true,
+                up_since,
+            };
+            let decision = decide(&[view, backup], active, policy, now);
+            if decision.cause.is_some() {
+                switches += 1;
+                active = decision.active;
+            }
+        }
+        (downs, ups, switches)
+    }
+
+    #[test]
+    fn full_fall_rise_cycles_switch_once_each_way() {
+        let (rise, fall) = (2, 3);
+        let mut pattern = vec![false; fall as usize];
+        pattern.extend(vec![true; rise as usize]);
+        let cycles = 7;
+        let (downs, ups, switches) = simulate(&pattern, cycles, rise, fall);
+        assert_eq!(downs, cycles);
+        assert_eq!(ups, cycles);
+        // One failover and one failback per cycle, never more.
+        assert_eq!(switches, 2 * cycles);
+    }
+
+    #[test]
+    fn flapping_backend_never_causes_a_switch() {
+        let (downs, ups, switches) = simulate(&[false, true], 50, 2, 2);
+        assert_eq!((downs, ups, switches), (0, 0, 0));
     }
 }

@@ -1,12 +1,13 @@
-//! Runtime state of backends and services, and the lock-free pointer the
-//! data path reads.
+//! The state of a running service, shared by everything above it: its
+//! backends, the snapshot the data path reads, the `max_connections` limit
+//! and the events the failover engine consumes.
 //!
 //! A [`Service`] holds one [`ArcSwap`] of an immutable [`Snapshot`]: the
 //! effective settings, the backends in priority order and the index of the
 //! active one. The failover engine (`engine.rs`) is the only writer; a
 //! connection loads the snapshot once and keeps it for its life. Per-backend
 //! health flags are atomics so the data path can order its connect attempts
-//! without a lock. This module decides nothing.
+//! without a lock. This module decides nothing and does no I/O.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,14 +15,13 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use metrics::{Counter, Gauge, Histogram};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{BackendAddress, Settings};
-use crate::engine::Event;
+use crate::config::{BackendAddress, ServiceConfig, Settings};
 use crate::forward::ByteCounters;
-use crate::health::Hysteresis;
 use crate::metrics as m;
+use crate::policy::{Hysteresis, SwitchReason};
 use crate::ratelimit::LogLimit;
 
 /// One backend of one service. Shared by every snapshot that contains it, so
@@ -40,23 +40,24 @@ pub struct Backend {
     pub connect_error_log: LogLimit,
     /// Cancelled (and replaced) to close every connection on this backend.
     close: ArcSwap<CancellationToken>,
-    /// Parent of every `close` token: cancelled at the end of a shutdown.
-    root: CancellationToken,
-    /// State only the engine touches (uncontended).
-    pub(crate) engine: Mutex<EngineState>,
+    /// Parent of every `close` token: cancelled when a shutdown closes
+    /// whatever is still open.
+    force_close: CancellationToken,
+    /// Health bookkeeping only the engine touches (uncontended).
+    pub(crate) health: Mutex<Health>,
     pub metrics: BackendMetrics,
 }
 
 /// Health bookkeeping owned by the failover engine.
 #[derive(Debug, Clone)]
-pub(crate) struct EngineState {
+pub(crate) struct Health {
     pub hysteresis: Hysteresis,
     /// When the backend last became up (start-up counts).
     pub up_since: Option<Instant>,
     /// When the up/down state last changed.
     pub last_change: Instant,
-    /// Why it went down: `health_check` or `passive`.
-    pub down_reason: &'static str,
+    /// Why it went down: [`SwitchReason::HealthCheck`] or [`SwitchReason::Passive`].
+    pub down_reason: SwitchReason,
 }
 
 /// Metric handles resolved once per backend.
@@ -108,7 +109,7 @@ impl Backend {
         service: &str,
         name: &str,
         address: BackendAddress,
-        root: &CancellationToken,
+        force_close: &CancellationToken,
     ) -> Self {
         let metrics = BackendMetrics::new(service, name);
         metrics.up.set(1.0);
@@ -122,13 +123,13 @@ impl Backend {
             passive_errors: AtomicU32::new(0),
             connections: AtomicU64::new(0),
             connect_error_log: LogLimit::new(),
-            close: ArcSwap::from_pointee(root.child_token()),
-            root: root.clone(),
-            engine: Mutex::new(EngineState {
+            close: ArcSwap::from_pointee(force_close.child_token()),
+            force_close: force_close.clone(),
+            health: Mutex::new(Health {
                 hysteresis: Hysteresis::new_up(),
                 up_since: Some(now),
                 last_change: now,
-                down_reason: "health_check",
+                down_reason: SwitchReason::HealthCheck,
             }),
             metrics,
         }
@@ -163,7 +164,7 @@ impl Backend {
 
     /// Close every connection on this backend (switch with `on_switch = "close"`).
     pub fn close_connections(&self) {
-        let old = self.close.swap(Arc::new(self.root.child_token()));
+        let old = self.close.swap(Arc::new(self.force_close.child_token()));
         old.cancel();
     }
 
@@ -195,7 +196,7 @@ impl Backend {
     /// failed connects on live traffic, whichever run is longer.
     pub fn consecutive_failures(&self) -> u32 {
         let checks = self
-            .engine
+            .health
             .lock()
             .map(|e| e.hysteresis.consecutive_fail)
             .unwrap_or(0);
@@ -255,18 +256,19 @@ impl Snapshot {
 /// One service as the listener and the data path see it.
 pub struct Service {
     pub name: String,
-    pub state: ArcSwap<Snapshot>,
+    /// The snapshot new connections use; only the engine stores into it.
+    pub current: ArcSwap<Snapshot>,
     pub client_failures: Counter,
     /// "every backend failed" is logged at most once a second.
     pub client_failure_log: LogLimit,
     /// `max_connections` as a semaphore; replaced whole on reload.
-    pub limit: ArcSwap<crate::listener::Limit>,
+    pub limit: ArcSwap<Limit>,
     pub(crate) events: mpsc::UnboundedSender<Event>,
 }
 
 impl Service {
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.state.load_full()
+        self.current.load_full()
     }
 
     /// The data path's hook for a failed connect (passive detection).
@@ -277,6 +279,41 @@ impl Service {
             let _ = self.events.send(Event::PassiveDown(Arc::clone(backend)));
         }
     }
+}
+
+/// Limits open connections per service; `None` = unlimited.
+pub struct Limit(Option<Arc<Semaphore>>);
+
+impl Limit {
+    pub fn new(max_connections: usize) -> Self {
+        Limit((max_connections > 0).then(|| Arc::new(Semaphore::new(max_connections))))
+    }
+
+    pub async fn acquire(&self) -> Option<OwnedSemaphorePermit> {
+        match &self.0 {
+            Some(sem) => Arc::clone(sem).acquire_owned().await.ok(),
+            None => None,
+        }
+    }
+}
+
+/// Messages to a service's engine.
+pub enum Event {
+    /// One active check finished.
+    Check { backend: Arc<Backend>, ok: bool },
+    /// `passive_errors` consecutive failed connects on live traffic.
+    PassiveDown(Arc<Backend>),
+    /// `ctl enable` / `ctl disable`; replies false for an unknown backend.
+    SetEnabled {
+        backend: String,
+        enabled: bool,
+        reply: oneshot::Sender<bool>,
+    },
+    /// Apply a new config of this service (same name).
+    Reload {
+        config: Box<ServiceConfig>,
+        reply: oneshot::Sender<()>,
+    },
 }
 
 #[cfg(test)]

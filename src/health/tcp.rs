@@ -1,11 +1,6 @@
-//! Active health checks: one probe of a backend (resolve, TCP connect,
-//! optional `check_send` / `check_expect`) and the rise/fall hysteresis that
-//! turns a stream of probe results into an up/down state.
-//!
-//! This module only measures and counts. It does not choose the active
-//! backend (that is [`crate::decide`]), does not schedule checks, log, or
-//! record metrics; the caller owns the check loop and reports state flips.
-//! A probe never sends anything but `check_send` and never keeps its socket.
+//! The `tcp` health check: resolve, connect within `check_timeout`, then
+//! `check_send` / `check_expect` if set. A probe never sends anything but
+//! `check_send` and never keeps its socket.
 
 use std::fmt;
 use std::time::Duration;
@@ -15,63 +10,7 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout_at};
 
 use crate::config::BackendAddress;
-use crate::conn;
-
-/// Rise/fall hysteresis for one backend: `fall` consecutive failed checks turn
-/// it down, `rise` consecutive good checks turn it up again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Hysteresis {
-    pub up: bool,
-    /// Length of the current run of good checks (0 after a failure).
-    pub consecutive_ok: u32,
-    /// Length of the current run of failed checks (0 after a success); keeps
-    /// counting while down, for `ctl status`.
-    pub consecutive_fail: u32,
-}
-
-impl Hysteresis {
-    /// The start-up state: backends start up (SPEC.md).
-    pub fn new_up() -> Self {
-        Hysteresis {
-            up: true,
-            consecutive_ok: 0,
-            consecutive_fail: 0,
-        }
-    }
-
-    /// Record one check result; returns Some(new_up) when the state flips.
-    ///
-    /// `rise` and `fall` of 0 are treated as 1 (validation rejects them).
-    pub fn record(&mut self, ok: bool, rise: u32, fall: u32) -> Option<bool> {
-        if ok {
-            self.consecutive_ok = self.consecutive_ok.saturating_add(1);
-            self.consecutive_fail = 0;
-            if !self.up && self.consecutive_ok >= rise.max(1) {
-                self.up = true;
-                return Some(true);
-            }
-        } else {
-            self.consecutive_fail = self.consecutive_fail.saturating_add(1);
-            self.consecutive_ok = 0;
-            if self.up && self.consecutive_fail >= fall.max(1) {
-                self.up = false;
-                return Some(false);
-            }
-        }
-        None
-    }
-
-    /// Force down (passive detection), resetting counters; returns true if it flipped.
-    ///
-    /// Coming back up then takes `rise` good checks, as after any fall.
-    pub fn force_down(&mut self) -> bool {
-        let flipped = self.up;
-        self.up = false;
-        self.consecutive_ok = 0;
-        self.consecutive_fail = 0;
-        flipped
-    }
-}
+use crate::net;
 
 /// The step of a probe that ran out of time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,11 +114,11 @@ pub async fn probe(
         }
     };
 
-    let addrs = timeout_at(deadline, conn::resolve(address))
+    let addrs = timeout_at(deadline, net::resolve(address))
         .await
         .map_err(within(ProbeStage::Resolve))?
         .map_err(|err| ProbeError::Resolve(format!("{address}: {err}")))?;
-    let mut stream = timeout_at(deadline, conn::connect_first(addrs))
+    let mut stream = timeout_at(deadline, net::connect_first(addrs))
         .await
         .map_err(within(ProbeStage::Connect))?
         .map_err(ProbeError::Connect)?;
@@ -226,275 +165,14 @@ async fn read_expected(stream: &mut TcpStream, expect: &[u8]) -> Result<(), Prob
     }
 }
 
-/// `interval` ± up to 10%, derived from `seed` (xorshift64), so checks of many
-/// backends started together spread out instead of firing in lockstep.
-/// Feed the previous seed through [`xorshift64`] to get the next one.
-pub fn jittered(interval: Duration, seed: u64) -> Duration {
-    let nanos = interval.as_nanos();
-    let spread = nanos / 10;
-    if spread == 0 {
-        return interval;
-    }
-    let r = u128::from(xorshift64(seed));
-    // offset in [0, 2*spread], then shifted to [-spread, +spread].
-    let offset = r % (2 * spread + 1);
-    let total = nanos + offset - spread;
-    let secs = u64::try_from(total / 1_000_000_000).unwrap_or(u64::MAX);
-    // The remainder is below 1e9, so it fits.
-    let sub = (total % 1_000_000_000) as u32;
-    Duration::new(secs, sub)
-}
-
-/// One step of the xorshift64 generator (Marsaglia); a zero seed is replaced,
-/// since zero is a fixed point.
-pub fn xorshift64(seed: u64) -> u64 {
-    let mut x = if seed == 0 {
-        0x9E37_79B9_7F4A_7C15
-    } else {
-        seed
-    };
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    x
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Failback;
-    use crate::decide::{BackendView, Policy, decide};
     use std::net::SocketAddr;
     use tokio::net::TcpListener;
 
     /// Bound on every socket test, so a bug fails instead of hanging.
     const TEST_LIMIT: Duration = Duration::from_secs(5);
-
-    /// Feed `results` into a fresh up state; return the flips seen.
-    fn flips(start_up: bool, results: &[bool], rise: u32, fall: u32) -> Vec<(usize, bool)> {
-        let mut h = Hysteresis::new_up();
-        if !start_up {
-            h.force_down();
-        }
-        results
-            .iter()
-            .enumerate()
-            .filter_map(|(i, ok)| h.record(*ok, rise, fall).map(|up| (i, up)))
-            .collect()
-    }
-
-    #[test]
-    fn hysteresis_follows_rise_fall_table() {
-        struct Case {
-            name: &'static str,
-            start_up: bool,
-            results: &'static str,
-            rise: u32,
-            fall: u32,
-            want: Vec<(usize, bool)>,
-        }
-        let cases = [
-            Case {
-                name: "fall failures turn up -> down",
-                start_up: true,
-                results: "xxx",
-                rise: 2,
-                fall: 3,
-                want: vec![(2, false)],
-            },
-            Case {
-                name: "fewer than fall failures stay up",
-                start_up: true,
-                results: "xxoxxoxx",
-                rise: 2,
-                fall: 3,
-                want: vec![],
-            },
-            Case {
-                name: "rise successes turn down -> up",
-                start_up: false,
-                results: "oo",
-                rise: 2,
-                fall: 3,
-                want: vec![(1, true)],
-            },
-            Case {
-                name: "a failure resets the rise run",
-                start_up: false,
-                results: "oxoxoo",
-                rise: 2,
-                fall: 3,
-                want: vec![(5, true)],
-            },
-            Case {
-                name: "fall=1 rise=1 flips on every change",
-                start_up: true,
-                results: "xoxo",
-                rise: 1,
-                fall: 1,
-                want: vec![(0, false), (1, true), (2, false), (3, true)],
-            },
-            Case {
-                name: "flapping every check never flips with rise,fall >= 2",
-                start_up: true,
-                results: "xoxoxoxoxoxoxoxoxoxo",
-                rise: 2,
-                fall: 2,
-                want: vec![],
-            },
-            Case {
-                name: "flapping every check while down never flips",
-                start_up: false,
-                results: "oxoxoxoxoxoxoxoxoxox",
-                rise: 2,
-                fall: 2,
-                want: vec![],
-            },
-            Case {
-                name: "successes while up do not flip",
-                start_up: true,
-                results: "oooo",
-                rise: 2,
-                fall: 3,
-                want: vec![],
-            },
-            Case {
-                name: "zero thresholds act as one",
-                start_up: true,
-                results: "xo",
-                rise: 0,
-                fall: 0,
-                want: vec![(0, false), (1, true)],
-            },
-        ];
-        for case in cases {
-            let results: Vec<bool> = case.results.chars().map(|c| c == 'o').collect();
-            assert_eq!(
-                flips(case.start_up, &results, case.rise, case.fall),
-                case.want,
-                "case: {}",
-                case.name
-            );
-        }
-    }
-
-    #[test]
-    fn failures_keep_counting_while_down() {
-        let mut h = Hysteresis::new_up();
-        for _ in 0..5 {
-            h.record(false, 2, 3);
-        }
-        assert!(!h.up);
-        assert_eq!(h.consecutive_fail, 5);
-        assert_eq!(h.consecutive_ok, 0);
-    }
-
-    #[test]
-    fn force_down_flips_once_and_resets_counters() {
-        let mut h = Hysteresis::new_up();
-        h.record(false, 2, 3);
-        assert!(h.force_down());
-        assert_eq!(
-            h,
-            Hysteresis {
-                up: false,
-                consecutive_ok: 0,
-                consecutive_fail: 0
-            }
-        );
-        assert!(!h.force_down());
-        assert_eq!(h.record(true, 2, 3), None);
-        assert_eq!(h.record(true, 2, 3), Some(true));
-    }
-
-    /// Drive a primary through `pattern` repeated `cycles` times, with a
-    /// healthy backup, and count health flips and switches made by `decide`.
-    fn simulate(pattern: &[bool], cycles: usize, rise: u32, fall: u32) -> (usize, usize, usize) {
-        let start = std::time::Instant::now();
-        let policy = Policy {
-            failback: Failback::Auto,
-            failback_delay: Duration::ZERO,
-        };
-        let mut primary = Hysteresis::new_up();
-        let mut up_since = Some(start);
-        let backup = BackendView {
-            up: true,
-            enabled: true,
-            up_since: Some(start),
-        };
-        let mut active = Some(0);
-        let (mut downs, mut ups, mut switches) = (0, 0, 0);
-        let mut now = start;
-        for ok in pattern.iter().cycle().take(pattern.len() * cycles) {
-            now += Duration::from_millis(500);
-            match primary.record(*ok, rise, fall) {
-                Some(true) => {
-                    ups += 1;
-                    up_since = Some(now);
-                }
-                Some(false) => {
-                    downs += 1;
-                    up_since = None;
-                }
-                None => {}
-            }
-            let view = BackendView {
-                up: primary.up,
-                enabled: true,
-                up_since,
-            };
-            let decision = decide(&[view, backup], active, policy, now);
-            if decision.cause.is_some() {
-                switches += 1;
-                active = decision.active;
-            }
-        }
-        (downs, ups, switches)
-    }
-
-    #[test]
-    fn full_fall_rise_cycles_switch_once_each_way() {
-        let (rise, fall) = (2, 3);
-        let mut pattern = vec![false; fall as usize];
-        pattern.extend(vec![true; rise as usize]);
-        let cycles = 7;
-        let (downs, ups, switches) = simulate(&pattern, cycles, rise, fall);
-        assert_eq!(downs, cycles);
-        assert_eq!(ups, cycles);
-        // One failover and one failback per cycle, never more.
-        assert_eq!(switches, 2 * cycles);
-    }
-
-    #[test]
-    fn flapping_backend_never_causes_a_switch() {
-        let (downs, ups, switches) = simulate(&[false, true], 50, 2, 2);
-        assert_eq!((downs, ups, switches), (0, 0, 0));
-    }
-
-    #[test]
-    fn jitter_stays_within_ten_percent() {
-        let interval = Duration::from_millis(500);
-        let mut seed = 1;
-        let mut seen = std::collections::HashSet::new();
-        for _ in 0..1000 {
-            let d = jittered(interval, seed);
-            assert!(
-                d >= Duration::from_millis(450) && d <= Duration::from_millis(550),
-                "{d:?}"
-            );
-            seen.insert(d);
-            seed = xorshift64(seed);
-        }
-        assert!(seen.len() > 100, "jitter should vary with the seed");
-        assert_eq!(jittered(interval, 42), jittered(interval, 42));
-        assert_eq!(jittered(Duration::ZERO, 7), Duration::ZERO);
-        assert_eq!(
-            jittered(Duration::from_nanos(5), 7),
-            Duration::from_nanos(5)
-        );
-        let huge = jittered(Duration::MAX, 3);
-        assert!(huge >= Duration::MAX - Duration::MAX / 10);
-    }
 
     fn ip(addr: SocketAddr) -> BackendAddress {
         BackendAddress::Ip(addr)

@@ -1,0 +1,134 @@
+//! Active health checks: one task per backend runs a probe every
+//! `check_interval` (with jitter) and reports the result to the service's
+//! engine as an [`Event::Check`]. One module per check kind does the
+//! talking (`tcp.rs`).
+//!
+//! This layer measures and reports; it never changes a backend's state or
+//! chooses the active backend (the engine and `policy.rs` do).
+
+mod tcp;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::mpsc;
+use tokio::time::sleep_until;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::service::{Backend, Event};
+
+pub use tcp::probe;
+
+/// One backend's active checks: the first at once, then every
+/// `check_interval` with a little jitter, until `stop`.
+pub async fn check_loop(
+    backend: Arc<Backend>,
+    settings: Arc<Settings>,
+    events: mpsc::UnboundedSender<Event>,
+    stop: CancellationToken,
+    seed: u64,
+) {
+    let mut round: u64 = 0;
+    loop {
+        let started = Instant::now();
+        let result = tokio::select! {
+            result = probe(&backend.address, settings.check_timeout, &settings.check_send, &settings.check_expect) => result,
+            _ = stop.cancelled() => return,
+        };
+        let ok = result.is_ok();
+        let metrics = &backend.metrics;
+        metrics
+            .check_duration
+            .record(started.elapsed().as_secs_f64());
+        if ok {
+            metrics.checks_ok.increment(1);
+        } else {
+            metrics.checks_fail.increment(1);
+        }
+        if let Ok(now) = SystemTime::now().duration_since(UNIX_EPOCH) {
+            metrics.last_check.set(now.as_secs_f64());
+        }
+        if let Err(err) = &result {
+            tracing::debug!(service = %backend.service, backend = %backend.name, error = %err, "health check failed");
+        }
+        if events
+            .send(Event::Check {
+                backend: Arc::clone(&backend),
+                ok,
+            })
+            .is_err()
+        {
+            return;
+        }
+        round += 1;
+        let next = started + jittered(settings.check_interval, seed.wrapping_mul(7919) ^ round);
+        tokio::select! {
+            _ = sleep_until(next.into()) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+/// `interval` ± up to 10%, derived from `seed` (xorshift64), so checks of many
+/// backends started together spread out instead of firing in lockstep.
+/// Feed the previous seed through [`xorshift64`] to get the next one.
+pub fn jittered(interval: Duration, seed: u64) -> Duration {
+    let nanos = interval.as_nanos();
+    let spread = nanos / 10;
+    if spread == 0 {
+        return interval;
+    }
+    let r = u128::from(xorshift64(seed));
+    // offset in [0, 2*spread], then shifted to [-spread, +spread].
+    let offset = r % (2 * spread + 1);
+    let total = nanos + offset - spread;
+    let secs = u64::try_from(total / 1_000_000_000).unwrap_or(u64::MAX);
+    // The remainder is below 1e9, so it fits.
+    let sub = (total % 1_000_000_000) as u32;
+    Duration::new(secs, sub)
+}
+
+/// One step of the xorshift64 generator (Marsaglia); a zero seed is replaced,
+/// since zero is a fixed point.
+pub fn xorshift64(seed: u64) -> u64 {
+    let mut x = if seed == 0 {
+        0x9E37_79B9_7F4A_7C15
+    } else {
+        seed
+    };
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    x
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_ten_percent() {
+        let interval = Duration::from_millis(500);
+        let mut seed = 1;
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..1000 {
+            let d = jittered(interval, seed);
+            assert!(
+                d >= Duration::from_millis(450) && d <= Duration::from_millis(550),
+                "{d:?}"
+            );
+            seen.insert(d);
+            seed = xorshift64(seed);
+        }
+        assert!(seen.len() > 100, "jitter should vary with the seed");
+        assert_eq!(jittered(interval, 42), jittered(interval, 42));
+        assert_eq!(jittered(Duration::ZERO, 7), Duration::ZERO);
+        assert_eq!(
+            jittered(Duration::from_nanos(5), 7),
+            Duration::from_nanos(5)
+        );
+        let huge = jittered(Duration::MAX, 3);
+        assert!(huge >= Duration::MAX - Duration::MAX / 10);
+    }
+}
