@@ -8,6 +8,7 @@
 //! pointer, logs, counts, closes connections on the other backends
 //! (`on_switch = "close"`) and runs `notify`. It never touches client bytes.
 
+use std::cell::Cell;
 use std::sync::{Arc, MutexGuard};
 use std::time::Instant;
 
@@ -62,6 +63,7 @@ pub fn start(config: &ServiceConfig, force_close: &CancellationToken) -> EngineH
                 &b.name,
                 b.address.clone(),
                 force_close,
+                config.settings.check.is_role_aware(),
             ))
         })
         .collect();
@@ -88,6 +90,7 @@ pub fn start(config: &ServiceConfig, force_close: &CancellationToken) -> EngineH
         force_close: force_close.clone(),
         checks: stop.child_token(),
         stop: stop.clone(),
+        chosen: Cell::new(active.is_some()),
     };
     engine.spawn_checks();
     tokio::spawn(engine.run());
@@ -102,6 +105,10 @@ struct Engine {
     /// Cancelled to stop the current set of check tasks (reload, stop).
     checks: CancellationToken,
     stop: CancellationToken,
+    /// An active backend has been chosen since start-up. Backends with a
+    /// role-aware check start down, and the first choice after their first
+    /// checks is not a switch (SPEC.md: Failover).
+    chosen: Cell<bool>,
 }
 
 impl Engine {
@@ -242,10 +249,33 @@ impl Engine {
             .and_then(|i| snapshot.backends.get(i))
             .map(|b| b.name.clone());
         if decision.active != snapshot.active || from != to {
-            let reason = forced_reason.unwrap_or_else(|| reason(snapshot, decision.cause));
-            self.switch(snapshot, decision.active, from, to, reason);
+            if !self.chosen.get() && from.is_none() {
+                self.choose_first(snapshot, decision.active, to);
+            } else {
+                let reason = forced_reason.unwrap_or_else(|| reason(snapshot, decision.cause));
+                self.switch(snapshot, decision.active, from, to, reason);
+            }
         }
         decision.recheck_at
+    }
+
+    /// The first active backend since start-up: no switch, no notify.
+    fn choose_first(&self, old: &Snapshot, active: Option<usize>, to: Option<String>) {
+        self.publish(old, active);
+        if let Some(to) = to {
+            self.chosen.set(true);
+            info!(service = %self.service.name, backend = %to, "first active backend chosen");
+        }
+    }
+
+    /// Store a snapshot with a new active backend and update the gauges.
+    fn publish(&self, old: &Snapshot, active: Option<usize>) {
+        self.service.current.store(Arc::new(Snapshot {
+            settings: Arc::clone(&old.settings),
+            backends: old.backends.clone(),
+            active,
+        }));
+        set_active_gauges(&old.backends, active);
     }
 
     fn switch(
@@ -256,14 +286,9 @@ impl Engine {
         to: Option<String>,
         reason: SwitchReason,
     ) {
-        let backends = old.backends.clone();
-        let settings = Arc::clone(&old.settings);
-        self.service.current.store(Arc::new(Snapshot {
-            settings: Arc::clone(&settings),
-            backends: backends.clone(),
-            active,
-        }));
-        set_active_gauges(&backends, active);
+        self.publish(old, active);
+        self.chosen.set(true);
+        let (backends, settings) = (&old.backends, &old.settings);
         metrics::counter!(
             m::SWITCHES_TOTAL,
             "service" => self.service.name.clone(),
@@ -317,6 +342,7 @@ impl Engine {
                             &b.name,
                             b.address.clone(),
                             &self.force_close,
+                            config.settings.check.is_role_aware(),
                         ))
                     })
             })

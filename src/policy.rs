@@ -213,15 +213,32 @@ pub struct Hysteresis {
     /// Length of the current run of failed checks (0 after a success); keeps
     /// counting while down, for `ctl status`.
     pub consecutive_fail: u32,
+    /// No check has finished yet on a backend that started down (a
+    /// role-aware check): the first good check brings it up at once.
+    pub awaiting_first: bool,
 }
 
 impl Hysteresis {
-    /// The start-up state: backends start up (SPEC.md).
+    /// The start-up state: backends start up (SPEC.md: Start-up).
     pub fn new_up() -> Self {
         Hysteresis {
             up: true,
             consecutive_ok: 0,
             consecutive_fail: 0,
+            awaiting_first: false,
+        }
+    }
+
+    /// The start-up state of a backend with a role-aware check: down, and
+    /// up at its first passing check (a standby must never take traffic
+    /// before a check said it may). After a failed first check it needs
+    /// `rise` good checks, as any down backend.
+    pub fn new_awaiting_first_check() -> Self {
+        Hysteresis {
+            up: false,
+            consecutive_ok: 0,
+            consecutive_fail: 0,
+            awaiting_first: true,
         }
     }
 
@@ -229,6 +246,13 @@ impl Hysteresis {
     ///
     /// `rise` and `fall` of 0 are treated as 1 (validation rejects them).
     pub fn record(&mut self, ok: bool, rise: u32, fall: u32) -> Option<bool> {
+        let first = std::mem::take(&mut self.awaiting_first);
+        if ok && first {
+            self.consecutive_ok = 1;
+            self.consecutive_fail = 0;
+            self.up = true;
+            return Some(true);
+        }
         if ok {
             self.consecutive_ok = self.consecutive_ok.saturating_add(1);
             self.consecutive_fail = 0;
@@ -255,6 +279,7 @@ impl Hysteresis {
         self.up = false;
         self.consecutive_ok = 0;
         self.consecutive_fail = 0;
+        self.awaiting_first = false;
         flipped
     }
 }
@@ -686,12 +711,25 @@ mod tests {
             Hysteresis {
                 up: false,
                 consecutive_ok: 0,
-                consecutive_fail: 0
+                consecutive_fail: 0,
+                awaiting_first: false,
             }
         );
         assert!(!h.force_down());
         assert_eq!(h.record(true, 2, 3), None);
         assert_eq!(h.record(true, 2, 3), Some(true));
+    }
+
+    #[test]
+    fn a_backend_awaiting_its_first_check_is_up_at_the_first_pass_only() {
+        let mut h = Hysteresis::new_awaiting_first_check();
+        assert!(!h.up);
+        assert_eq!(h.record(true, 3, 3), Some(true), "first pass: up at once");
+        let mut h = Hysteresis::new_awaiting_first_check();
+        assert_eq!(h.record(false, 3, 3), None, "already down: no flip");
+        assert_eq!(h.record(true, 3, 3), None, "then rise applies");
+        assert_eq!(h.record(true, 3, 3), None);
+        assert_eq!(h.record(true, 3, 3), Some(true));
     }
 
     /// Drive a primary through `pattern` repeated `cycles` times, with a

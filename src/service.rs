@@ -104,21 +104,29 @@ impl BackendMetrics {
 }
 
 impl Backend {
-    /// A new backend starts up and enabled (SPEC.md: Start-up).
+    /// A new backend starts up and enabled (SPEC.md: Start-up), except
+    /// with a role-aware check (`role_aware`): then it starts down and is
+    /// up at its first passing check.
     pub fn new(
         service: &str,
         name: &str,
         address: BackendAddress,
         force_close: &CancellationToken,
+        role_aware: bool,
     ) -> Self {
         let metrics = BackendMetrics::new(service, name);
-        metrics.up.set(1.0);
+        metrics.up.set(if role_aware { 0.0 } else { 1.0 });
         let now = Instant::now();
+        let hysteresis = if role_aware {
+            Hysteresis::new_awaiting_first_check()
+        } else {
+            Hysteresis::new_up()
+        };
         Backend {
             service: service.to_string(),
             name: name.to_string(),
             address,
-            up: AtomicBool::new(true),
+            up: AtomicBool::new(hysteresis.up),
             enabled: AtomicBool::new(true),
             passive_errors: AtomicU32::new(0),
             connections: AtomicU64::new(0),
@@ -126,8 +134,8 @@ impl Backend {
             close: ArcSwap::from_pointee(force_close.child_token()),
             force_close: force_close.clone(),
             health: Mutex::new(Health {
-                hysteresis: Hysteresis::new_up(),
-                up_since: Some(now),
+                hysteresis,
+                up_since: (!role_aware).then_some(now),
                 last_change: now,
                 down_reason: SwitchReason::HealthCheck,
             }),
@@ -328,7 +336,13 @@ mod tests {
             .enumerate()
             .map(|(i, &(up, enabled))| {
                 let addr: SocketAddr = format!("127.0.0.1:{}", 1000 + i).parse().unwrap();
-                let b = Backend::new("svc", &format!("b{i}"), BackendAddress::Ip(addr), &root);
+                let b = Backend::new(
+                    "svc",
+                    &format!("b{i}"),
+                    BackendAddress::Ip(addr),
+                    &root,
+                    false,
+                );
                 b.set_up(up);
                 b.set_enabled(enabled);
                 Arc::new(b)
