@@ -19,6 +19,7 @@
 //! - `ratelimit` one log line a second for errors that come in floods
 //! - `metrics`  metric names
 //! - `demo`     `failoverd demo`: built-in backends, traffic, failover report
+//! - `dns`      DNS failover: RFC 2136 updates signed with TSIG
 #![deny(unsafe_code)]
 
 pub mod backend;
@@ -27,6 +28,7 @@ pub mod conn;
 pub mod control;
 pub mod decide;
 pub mod demo;
+pub mod dns;
 pub mod engine;
 pub mod forward;
 pub mod health;
