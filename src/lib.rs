@@ -21,6 +21,7 @@
 //!          conn        one client connection: choose, connect (retry the next), forward
 //! layer 5  engine      per-service failover engine, the only writer of a snapshot
 //!          listener    accept loops, max_connections
+//!          dns/        the RFC 2136 publisher (updates signed with TSIG)
 //! layer 6  proxy       the running whole: start, reload, status, shutdown
 //!          workers     one single-threaded runtime per core for the data path
 //! layer 7  control     signals, control socket, ctl client
@@ -35,6 +36,7 @@ pub mod config;
 mod conn;
 pub mod control;
 pub mod demo;
+pub mod dns;
 mod engine;
 pub mod forward;
 mod health;

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 pub use address::BackendAddress;
 pub use duration::{MAX_DURATION, format_duration, parse_duration};
-pub use tsig::{TsigAlgorithm, TsigKey, load_key_file};
+pub use tsig::{KeyAlgorithm, TsigKey, load_key_file, parse_key};
 
 /// The most `max_connections` may be (SPEC.md: Validation).
 pub const MAX_CONNECTIONS_LIMIT: usize = 1_000_000;

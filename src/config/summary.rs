@@ -161,8 +161,8 @@ impl Config {
                 dns.zone,
                 dns.server,
                 format_duration(dns.ttl),
-                dns.tsig_key.name,
-                dns.tsig_key.algorithm.as_str(),
+                dns.tsig_key.name(),
+                dns.tsig_key.algorithm().as_str(),
             )?;
         }
         Ok(())

@@ -1005,7 +1005,7 @@ fn dns_section_is_validated() {
     assert_eq!(svc.listen, None);
     let dns = svc.dns.as_ref().unwrap();
     assert_eq!(dns.zone, "example.com.");
-    assert_eq!(dns.tsig_key.name, "upd");
+    assert_eq!(dns.tsig_key.name(), "upd");
     assert_eq!(
         svc.backends[0].publish,
         Some("203.0.113.11".parse().unwrap())
