@@ -36,3 +36,7 @@ pub mod notify;
 pub mod proxy;
 pub mod ratelimit;
 pub mod workers;
+// The front door: PROXY protocol, allow-list, descriptor passing for takeover.
+pub mod allow;
+pub mod fdpass;
+pub mod proxy_header;
