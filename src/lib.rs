@@ -16,6 +16,8 @@
 //!          net         socket helpers: bind, resolve, connect, options, error classes
 //!          forward/    splice (the only unsafe for the data path), copy, forward()
 //!          notify      the switch hook command
+//!          proxy_header PROXY protocol v1/v2: encode, and read exactly the header
+//!          fdpass      listening sockets over a Unix socket (SCM_RIGHTS), for takeover
 //! layer 3  service     Backend, Snapshot, Service (the ArcSwap), the limit, engine events
 //! layer 4  health/     the check loop and one probe per check kind
 //!          conn        one client connection: choose, connect (retry the next), forward
@@ -38,6 +40,7 @@ pub mod control;
 pub mod demo;
 pub mod dns;
 mod engine;
+pub mod fdpass;
 pub mod forward;
 mod health;
 mod listener;
@@ -46,6 +49,8 @@ mod net;
 mod notify;
 pub mod policy;
 pub mod proxy;
+pub mod proxy_header;
 mod ratelimit;
 mod service;
 pub mod workers;
+// The front door: PROXY protocol, allow-list, descriptor passing for takeover.

@@ -11,6 +11,7 @@
 //! fails later for want of them.
 
 mod address;
+mod allow;
 mod duration;
 mod raw;
 mod summary;
@@ -23,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use address::BackendAddress;
+pub use allow::AllowList;
 pub use duration::{MAX_DURATION, format_duration, parse_duration};
 pub use tsig::{KeyAlgorithm, TsigKey, load_key_file, parse_key};
 
@@ -128,7 +130,7 @@ pub struct Settings {
     pub send_proxy: ProxyVersion,
     pub accept_proxy: bool,
     /// Allowed client networks; empty = everyone.
-    pub allow: Vec<ipnet::IpNet>,
+    pub allow: AllowList,
 }
 
 impl Default for Settings {
@@ -158,7 +160,7 @@ impl Default for Settings {
             hold_timeout: None,
             send_proxy: ProxyVersion::Off,
             accept_proxy: false,
-            allow: Vec::new(),
+            allow: AllowList::default(),
         }
     }
 }

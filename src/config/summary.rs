@@ -138,8 +138,8 @@ impl Config {
                 "all".to_string()
             } else {
                 s.allow
-                    .iter()
-                    .map(ToString::to_string)
+                    .networks()
+                    .map(|n| n.to_string())
                     .collect::<Vec<_>>()
                     .join(", ")
             };

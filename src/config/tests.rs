@@ -831,11 +831,11 @@ fn hold_proxy_and_allow_are_validated() {
         ),
         (
             service("allow = [\"10.0.0.0/33\"]"),
-            "service \"db\": allow \"10.0.0.0/33\": not a CIDR network",
+            "service \"db\": allow entry \"10.0.0.0/33\": invalid prefix length",
         ),
         (
             service("allow = [\"db.example.com\"]"),
-            "allow \"db.example.com\": not an IP address or CIDR network",
+            "allow entry \"db.example.com\": not an IP address or CIDR",
         ),
         (service("accept_proxy = \"yes\""), "accept_proxy"),
         (
@@ -853,8 +853,8 @@ fn hold_proxy_and_allow_are_validated() {
     assert_eq!(s.hold_timeout, Some(Duration::from_secs(5)));
     assert_eq!(s.send_proxy, ProxyVersion::V2);
     assert!(s.accept_proxy);
-    let allow: Vec<String> = s.allow.iter().map(ToString::to_string).collect();
-    assert_eq!(allow, ["10.0.0.0/8", "2001:db8::/32", "192.0.2.7/32"]);
+    let allow: Vec<String> = s.allow.networks().map(|n| n.to_string()).collect();
+    assert_eq!(allow, ["10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32"]);
     let c = ok(&service("hold_timeout = \"0s\""));
     assert_eq!(c.services[0].settings.hold_timeout, None);
 }

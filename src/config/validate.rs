@@ -11,9 +11,9 @@ use super::address::{
 };
 use super::raw::{RawAdmin, RawBackend, RawCluster, RawConfig, RawDns, RawService, RawSettings};
 use super::{
-    Admin, BackendAddress, BackendConfig, CheckKind, ClusterConfig, Config, DnsConfig, Failback,
-    MAX_CONNECTIONS_LIMIT, OnLost, OnSwitch, ProxyVersion, Secret, ServiceConfig, Settings,
-    format_duration, load_key_file, parse_duration,
+    Admin, AllowList, BackendAddress, BackendConfig, CheckKind, ClusterConfig, Config, DnsConfig,
+    Failback, MAX_CONNECTIONS_LIMIT, OnLost, OnSwitch, ProxyVersion, Secret, ServiceConfig,
+    Settings, format_duration, load_key_file, parse_duration,
 };
 
 /// The shortest lease `[cluster] ttl` and the shortest DNS `ttl` may be.
@@ -511,29 +511,9 @@ fn apply_settings(s: &mut Settings, raw: &RawSettings, prefix: &str) -> Result<(
         s.accept_proxy = b;
     }
     if let Some(entries) = &raw.allow {
-        s.allow = entries
-            .iter()
-            .map(|e| parse_allow(e).map_err(|why| format!("{prefix}allow \"{e}\": {why}")))
-            .collect::<Result<_, _>>()?;
+        s.allow = AllowList::parse(entries).map_err(|why| format!("{prefix}{why}"))?;
     }
     Ok(())
-}
-
-/// An allow-list entry: `10.0.0.0/8`, `2001:db8::/32`, or one address.
-fn parse_allow(entry: &str) -> Result<ipnet::IpNet, String> {
-    if entry.contains('/') {
-        let net: ipnet::IpNet = entry.parse().map_err(|_| {
-            "not a CIDR network (expected e.g. \"10.0.0.0/8\" or \"2001:db8::/32\")".to_string()
-        })?;
-        // "10.1.2.3/8" means the network 10.0.0.0/8, as HAProxy reads it.
-        let net = net.trunc();
-        Ok(net)
-    } else {
-        let ip: IpAddr = entry
-            .parse()
-            .map_err(|_| "not an IP address or CIDR network".to_string())?;
-        Ok(ipnet::IpNet::from(ip))
-    }
 }
 
 /// The first line of a password file, without its line ending.
