@@ -19,9 +19,11 @@
 //! - `ratelimit` one log line a second for errors that come in floods
 //! - `metrics`  metric names
 //! - `demo`     `failoverd demo`: built-in backends, traffic, failover report
+//! - `cluster`  the etcd client the cluster mode decides through
 #![deny(unsafe_code)]
 
 pub mod backend;
+pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod control;
