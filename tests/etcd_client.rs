@@ -631,3 +631,27 @@ async fn https_to_a_plain_http_etcd_fails_the_handshake_and_says_so() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_member_that_lost_its_quorum_refuses_reads_and_ends_watches() {
+    within(60, async {
+        let mut etcd = Etcd::start_cluster(3).await;
+        // Talk only to member 0, then take its two peers away.
+        let c = client(&etcd.endpoints()[..1]);
+        let (_, rev) = c.get_prefix(b"/t/quorum/").await.unwrap();
+        let mut watch = c.watch_prefix(b"/t/quorum/", rev + 1).await.unwrap();
+        etcd.kill(1);
+        etcd.kill(2);
+        let start = Instant::now();
+        let err = watch.next().await.unwrap_err();
+        println!(
+            "watch on a member without quorum ended after {} ms: {err}",
+            start.elapsed().as_millis()
+        );
+        assert!(matches!(err, EtcdError::Unreachable { .. }), "{err:?}");
+        let err = c.get(b"/t/quorum/k").await.unwrap_err();
+        println!("read on a member without quorum: {err}");
+        assert!(matches!(err, EtcdError::Unreachable { .. }), "{err:?}");
+    })
+    .await;
+}

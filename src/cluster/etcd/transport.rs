@@ -203,25 +203,33 @@ impl Transport {
                 None => Ok(answer),
             };
         }
-        let err: ErrorBody = wire::parse(&answer).unwrap_or_else(|_| ErrorBody {
-            message: String::from_utf8_lossy(&answer[..answer.len().min(200)])
-                .trim()
-                .to_string(),
-            ..ErrorBody::default()
-        });
-        let code = match (err.code, status) {
+        Err(self.refusal(op, idx, status, &answer, retry))
+    }
+
+    /// A non-2xx answer: etcd's error body (unary or stream shape), or
+    /// the start of whatever else came back.
+    pub fn refusal(
+        &self,
+        op: &'static str,
+        idx: usize,
+        status: StatusCode,
+        answer: &[u8],
+        retry: Retry,
+    ) -> Failure {
+        let (code, message) = match (wire::parse::<ErrorBody>(answer), stream_error(answer)) {
+            (_, Some((code, _, message))) => (code, message),
+            (Ok(err), None) => (err.code, err.text().to_string()),
+            (Err(_), None) => {
+                let text = String::from_utf8_lossy(&answer[..answer.len().min(200)]);
+                (0, format!("HTTP {status}: {}", text.trim()))
+            }
+        };
+        let code = match (code, status) {
             (0, StatusCode::SERVICE_UNAVAILABLE | StatusCode::BAD_GATEWAY) => GRPC_UNAVAILABLE,
             (0, StatusCode::GATEWAY_TIMEOUT) => GRPC_DEADLINE_EXCEEDED,
             (code, _) => code,
         };
-        Err(self.classify(
-            op,
-            idx,
-            status.as_u16(),
-            code,
-            err.text().to_string(),
-            retry,
-        ))
+        self.classify(op, idx, status.as_u16(), code, message, retry)
     }
 
     /// An error answer: try elsewhere, give up as uncertain, or report it.
@@ -420,6 +428,40 @@ mod tests {
             c(5, "etcdserver: requested lease not found", Retry::Always),
             Failure::Refused(_)
         ));
+    }
+
+    #[test]
+    fn error_answers_of_every_shape_are_classified() {
+        let t = Transport::new(&["http://127.0.0.1:1".into()], Duration::from_secs(1)).unwrap();
+        let nested =
+            br#"{"error":{"grpc_code":14,"http_code":503,"message":"etcdserver: no leader"}}"#;
+        match t.refusal(
+            "watch",
+            0,
+            StatusCode::SERVICE_UNAVAILABLE,
+            nested,
+            Retry::IfUnsent,
+        ) {
+            Failure::Unsent(m) => assert_eq!(m, "etcdserver: no leader"),
+            other => panic!("{other:?}"),
+        }
+        let html = b"<html>bad gateway</html>";
+        match t.refusal("put", 0, StatusCode::BAD_GATEWAY, html, Retry::IfUnsent) {
+            Failure::Lost(m) => assert_eq!(m, "HTTP 502 Bad Gateway: <html>bad gateway</html>"),
+            other => panic!("{other:?}"),
+        }
+        let flat = br#"{"error":"etcdserver: mvcc: required revision has been compacted","message":"etcdserver: mvcc: required revision has been compacted","code":11}"#;
+        match t.refusal("range", 0, StatusCode::BAD_REQUEST, flat, Retry::Always) {
+            Failure::Refused(EtcdError::Status {
+                http: 400,
+                code: 11,
+                message,
+                ..
+            }) => {
+                assert!(message.contains("compacted"))
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -26,7 +26,7 @@ use tracing::debug;
 use super::Event;
 use super::error::{EtcdError, no_answer};
 use super::transport::{Failure, MAX_RESPONSE_BYTES, Retry, Transport, error_chain, read_body};
-use super::wire::{self, ErrorBody, StreamLine, WatchResponse, b64};
+use super::wire::{self, StreamLine, WatchResponse, b64};
 
 /// A live watch: [`Watch::next`] yields batches of events in revision
 /// order. Dropping it closes its stream.
@@ -255,21 +255,9 @@ impl Watch {
         };
         if !status.is_success() {
             let answer = read_body(stream.body).await.unwrap_or_default();
-            let err: ErrorBody = wire::parse(&answer).unwrap_or_default();
-            let code = if err.code == 0 {
-                super::error::GRPC_UNAVAILABLE
-            } else {
-                err.code
-            };
-            let message = format!("HTTP {status}: {}", err.text());
-            return Err(self.transport.classify(
-                "watch",
-                idx,
-                status.as_u16(),
-                code,
-                message,
-                Retry::Always,
-            ));
+            return Err(self
+                .transport
+                .refusal("watch", idx, status, &answer, Retry::Always));
         }
         match stream.read_line().await.map_err(Failure::Lost)? {
             Line::Created => Ok(stream),
