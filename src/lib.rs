@@ -23,6 +23,7 @@
 //!          conn        one client connection: choose, connect (retry the next), forward
 //! layer 5  engine      per-service failover engine, the only writer of a snapshot
 //!          listener    accept loops, max_connections
+//!          cluster/    etcd v3 over its JSON gateway; the member and the decider
 //!          dns/        the RFC 2136 publisher (updates signed with TSIG)
 //! layer 6  proxy       the running whole: start, reload, status, shutdown
 //!          workers     one single-threaded runtime per core for the data path
@@ -34,6 +35,7 @@
 //! benchmarks need them.
 #![deny(unsafe_code)]
 
+pub mod cluster;
 pub mod config;
 mod conn;
 pub mod control;

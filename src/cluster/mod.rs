@@ -1,0 +1,2 @@
+//! Cluster mode: several failoverd instances deciding as one through etcd.
+pub mod etcd;
