@@ -250,6 +250,18 @@ pub fn format_status(status: &Status) -> String {
             "  {:<3} {:<16} {:<28} {:<5} {:<9} {:>8} {:>6}\n",
             "", "BACKEND", "ADDRESS", "STATE", "ENABLED", "FAILURES", "CONNS"
         ));
+        if let Some(dns) = &service.dns {
+            let published = match (&dns.published, &dns.backend) {
+                (Some(ip), Some(backend)) => format!("{ip} ({backend})"),
+                (Some(ip), None) => ip.to_string(),
+                (None, _) => "nothing yet".to_string(),
+            };
+            out.push_str(&format!("  dns {} -> {published}", dns.name));
+            if let Some(err) = &dns.error {
+                out.push_str(&format!("  last error: {err}"));
+            }
+            out.push('\n');
+        }
         for b in &service.backends {
             out.push_str(&format!(
                 "  {:<3} {:<16} {:<28} {:<5} {:<9} {:>8} {:>6}\n",

@@ -13,12 +13,13 @@ use std::sync::{Arc, MutexGuard};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::sleep_until;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::config::{OnSwitch, ServiceConfig};
+use crate::dns::Publish;
 use crate::health;
 use crate::metrics as m;
 use crate::notify;
@@ -53,15 +54,20 @@ impl Drop for EngineHandle {
 
 /// Build a service from its config and start its engine and checks.
 /// `force_close` is the parent of every connection's close token (shutdown).
-pub fn start(config: &ServiceConfig, force_close: &CancellationToken) -> EngineHandle {
+/// `dns` receives the address to publish after every change of the active
+/// backend (the DNS publisher follows it).
+pub fn start(
+    config: &ServiceConfig,
+    force_close: &CancellationToken,
+    dns: watch::Sender<Option<Publish>>,
+) -> EngineHandle {
     let backends: Vec<Arc<Backend>> = config
         .backends
         .iter()
         .map(|b| {
             Arc::new(Backend::new(
                 &config.name,
-                &b.name,
-                b.address.clone(),
+                b,
                 force_close,
                 config.settings.check.is_role_aware(),
             ))
@@ -91,7 +97,9 @@ pub fn start(config: &ServiceConfig, force_close: &CancellationToken) -> EngineH
         checks: stop.child_token(),
         stop: stop.clone(),
         chosen: Cell::new(active.is_some()),
+        dns,
     };
+    engine.publish_dns();
     engine.spawn_checks();
     tokio::spawn(engine.run());
     EngineHandle { service, stop }
@@ -109,6 +117,8 @@ struct Engine {
     /// role-aware check start down, and the first choice after their first
     /// checks is not a switch (SPEC.md: Failover).
     chosen: Cell<bool>,
+    /// What DNS should hold: the active backend's `publish` address.
+    dns: watch::Sender<Option<Publish>>,
 }
 
 impl Engine {
@@ -276,6 +286,24 @@ impl Engine {
             active,
         }));
         set_active_gauges(&old.backends, active);
+        self.publish_dns();
+    }
+
+    /// Tell the DNS publisher the active backend's address (`None`: no
+    /// backend up, the record stays as it is).
+    fn publish_dns(&self) {
+        let snapshot = self.service.snapshot();
+        let publish = snapshot.active_backend().and_then(|b| {
+            b.publish().map(|address| Publish {
+                backend: b.name.clone(),
+                address,
+            })
+        });
+        self.dns.send_if_modified(|current| {
+            let changed = *current != publish;
+            *current = publish;
+            changed
+        });
     }
 
     fn switch(
@@ -335,12 +363,12 @@ impl Engine {
                 old.backends
                     .iter()
                     .find(|o| o.name == b.name && o.address == b.address)
+                    .inspect(|kept| kept.set_publish(b.publish))
                     .cloned()
                     .unwrap_or_else(|| {
                         Arc::new(Backend::new(
                             &config.name,
-                            &b.name,
-                            b.address.clone(),
+                            b,
                             &self.force_close,
                             config.settings.check.is_role_aware(),
                         ))
@@ -367,6 +395,8 @@ impl Engine {
         self.spawn_checks();
         let from = old.active_backend().map(|b| b.name.clone());
         let recheck = self.evaluate_from(&next, from, Some(SwitchReason::Reload));
+        // A reload may change a backend's `publish` without a switch.
+        self.publish_dns();
         // Connections on removed backends drain, unless the active backend
         // changed under `on_switch = "close"`.
         let now = self.service.snapshot();

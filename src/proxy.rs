@@ -13,12 +13,13 @@ use std::time::Duration;
 
 use serde::Serialize;
 use tokio::runtime::Handle;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::info;
 
 use crate::config::{Config, ServiceConfig};
+use crate::dns::{self, DnsStatus, Publish, PublisherHandle};
 use crate::engine::{self, EngineHandle};
 use crate::listener;
 use crate::net;
@@ -41,6 +42,10 @@ struct Running {
     engine: EngineHandle,
     /// Stops this service's accept loop (and so closes its listener).
     stop_accept: CancellationToken,
+    /// What the engine wants DNS to hold; a publisher follows it.
+    dns_decisions: watch::Receiver<Option<Publish>>,
+    /// The DNS publisher, with `[service.dns]`.
+    dns: Option<PublisherHandle>,
 }
 
 struct State {
@@ -142,6 +147,10 @@ impl Proxy {
                     reply,
                 })
                 .await;
+            if running.config.dns != service.dns {
+                // Dropping the old publisher stops it.
+                running.dns = start_publisher(service, &running.dns_decisions);
+            }
             running.config = service.clone();
             next.push(running);
         }
@@ -213,6 +222,7 @@ impl Proxy {
                     })
                     .collect();
                 ServiceStatus {
+                    dns: running.dns.as_ref().map(PublisherHandle::status),
                     name: running.config.name.clone(),
                     listen: running.bound.map(|b| b.to_string()),
                     active,
@@ -260,13 +270,15 @@ impl Proxy {
         let stop_accept = self.stop_accept.child_token();
         let Some(listen) = config.listen else {
             // DNS failover only: checks and the engine, no listener.
-            let engine = engine::start(config, &self.force_close);
+            let (engine, dns_decisions, dns) = self.start_engine(config);
             info!(service = %config.name, "monitoring only (no listen address)");
             return Ok(Running {
                 config: config.clone(),
                 bound: None,
                 engine,
                 stop_accept,
+                dns_decisions,
+                dns,
             });
         };
         let bind_error = |source| BindError {
@@ -282,7 +294,7 @@ impl Proxy {
         for _ in 1..self.workers.len() {
             sockets.push(net::bind_std(bound, config.freebind, true).map_err(bind_error)?);
         }
-        let engine = engine::start(config, &self.force_close);
+        let (engine, dns_decisions, dns) = self.start_engine(config);
         for (socket, worker) in sockets.into_iter().zip(&self.workers) {
             worker.spawn(listener::accept_loop(
                 socket,
@@ -297,8 +309,46 @@ impl Proxy {
             bound: Some(bound),
             engine,
             stop_accept,
+            dns_decisions,
+            dns,
         })
     }
+
+    /// A service's engine, and its DNS publisher when it has `[service.dns]`.
+    fn start_engine(
+        &self,
+        config: &ServiceConfig,
+    ) -> (
+        EngineHandle,
+        watch::Receiver<Option<Publish>>,
+        Option<PublisherHandle>,
+    ) {
+        let (decided, decisions) = watch::channel(None);
+        let engine = engine::start(config, &self.force_close, decided);
+        let publisher = start_publisher(config, &decisions);
+        (engine, decisions, publisher)
+    }
+}
+
+/// Start the DNS publisher of a service with `[service.dns]`.
+fn start_publisher(
+    config: &ServiceConfig,
+    decisions: &watch::Receiver<Option<Publish>>,
+) -> Option<PublisherHandle> {
+    let dns = config.dns.as_ref()?;
+    let publisher = dns::PublisherConfig {
+        service: config.name.clone(),
+        target: dns::Target {
+            server: dns.server,
+            zone: dns.zone.clone(),
+            name: dns.name.clone(),
+            ttl: dns.ttl,
+        },
+        key: dns.tsig_key.clone(),
+        backends: config.backends.iter().map(|b| b.name.clone()).collect(),
+        timeout: dns::UPDATE_TIMEOUT,
+    };
+    Some(dns::spawn_publisher(publisher, decisions.clone()))
 }
 
 /// `ctl status --json`, as in SPEC.md.
@@ -314,6 +364,9 @@ pub struct ServiceStatus {
     pub listen: Option<String>,
     pub active: Option<String>,
     pub backends: Vec<BackendStatus>,
+    /// With `[service.dns]`: what the record holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]

@@ -9,16 +9,17 @@
 //! health flags are atomics so the data path can order its connect attempts
 //! without a lock. This module decides nothing and does no I/O.
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use metrics::{Counter, Gauge, Histogram};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{BackendAddress, ServiceConfig, Settings};
+use crate::config::{BackendAddress, BackendConfig, ServiceConfig, Settings};
 use crate::forward::ByteCounters;
 use crate::metrics as m;
 use crate::policy::{Hysteresis, SwitchReason};
@@ -30,6 +31,9 @@ pub struct Backend {
     pub service: String,
     pub name: String,
     pub address: BackendAddress,
+    /// The address `[service.dns]` publishes while this backend is active;
+    /// a reload may change it without touching the backend's health.
+    publish: ArcSwapOption<IpAddr>,
     up: AtomicBool,
     enabled: AtomicBool,
     /// Consecutive failed connects on live traffic.
@@ -109,11 +113,11 @@ impl Backend {
     /// up at its first passing check.
     pub fn new(
         service: &str,
-        name: &str,
-        address: BackendAddress,
+        config: &BackendConfig,
         force_close: &CancellationToken,
         role_aware: bool,
     ) -> Self {
+        let name = config.name.as_str();
         let metrics = BackendMetrics::new(service, name);
         metrics.up.set(if role_aware { 0.0 } else { 1.0 });
         let now = Instant::now();
@@ -125,7 +129,8 @@ impl Backend {
         Backend {
             service: service.to_string(),
             name: name.to_string(),
-            address,
+            address: config.address.clone(),
+            publish: ArcSwapOption::from(config.publish.map(Arc::new)),
             up: AtomicBool::new(hysteresis.up),
             enabled: AtomicBool::new(true),
             passive_errors: AtomicU32::new(0),
@@ -141,6 +146,15 @@ impl Backend {
             }),
             metrics,
         }
+    }
+
+    /// The address DNS publishes for this backend, if any.
+    pub fn publish(&self) -> Option<IpAddr> {
+        self.publish.load().as_deref().copied()
+    }
+
+    pub fn set_publish(&self, publish: Option<IpAddr>) {
+        self.publish.store(publish.map(Arc::new));
     }
 
     pub fn is_up(&self) -> bool {
@@ -336,13 +350,12 @@ mod tests {
             .enumerate()
             .map(|(i, &(up, enabled))| {
                 let addr: SocketAddr = format!("127.0.0.1:{}", 1000 + i).parse().unwrap();
-                let b = Backend::new(
-                    "svc",
-                    &format!("b{i}"),
-                    BackendAddress::Ip(addr),
-                    &root,
-                    false,
-                );
+                let config = BackendConfig {
+                    name: format!("b{i}"),
+                    address: BackendAddress::Ip(addr),
+                    publish: None,
+                };
+                let b = Backend::new("svc", &config, &root, false);
                 b.set_up(up);
                 b.set_enabled(enabled);
                 Arc::new(b)
