@@ -179,7 +179,9 @@ impl Activity {
     }
 
     fn last(&self) -> Instant {
-        self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+        let since = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        // Never past now, so it cannot overflow; checked all the same.
+        self.start.checked_add(since).unwrap_or_else(Instant::now)
     }
 }
 
@@ -190,7 +192,10 @@ async fn idle(activity: &Activity, timeout: Option<Duration>) {
         return std::future::pending().await;
     };
     loop {
-        let deadline = activity.last() + timeout;
+        // A deadline past what an `Instant` can hold never comes.
+        let Some(deadline) = activity.last().checked_add(timeout) else {
+            return std::future::pending().await;
+        };
         if Instant::now() >= deadline {
             return;
         }

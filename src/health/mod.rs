@@ -62,11 +62,20 @@ pub async fn check_loop(
             return;
         }
         round += 1;
-        let next = started + jittered(settings.check_interval, seed.wrapping_mul(7919) ^ round);
+        let interval = jittered(settings.check_interval, seed.wrapping_mul(7919) ^ round);
         tokio::select! {
-            _ = sleep_until(next.into()) => {}
+            _ = sleep_until_after(started, interval) => {}
             _ = stop.cancelled() => return,
         }
+    }
+}
+
+/// Sleep until `interval` after `started`; a moment past what an `Instant`
+/// can hold never comes (no value may panic the check loop).
+async fn sleep_until_after(started: Instant, interval: Duration) {
+    match started.checked_add(interval) {
+        Some(at) => sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout_at};
 
-use crate::config::BackendAddress;
+use crate::config::{BackendAddress, MAX_DURATION};
 use crate::net;
 
 /// The step of a probe that ran out of time.
@@ -106,7 +106,10 @@ pub async fn probe(
     send: &[u8],
     expect: &[u8],
 ) -> Result<(), ProbeError> {
-    let deadline = Instant::now() + timeout;
+    // Validated timeouts are at most a year and always fit; the cap keeps
+    // any other caller from panicking on the sum.
+    let now = Instant::now();
+    let deadline = now.checked_add(timeout.min(MAX_DURATION)).unwrap_or(now);
     let within = |stage| {
         move |_elapsed| ProbeError::Timeout {
             stage,

@@ -1,0 +1,409 @@
+//! Hardening against what an SRE meets in the first week: values at the
+//! edge of validation, a backend's last reply before it closes, local
+//! faults that are not a backend's, unbounded admin inputs, name
+//! resolution and notify under faults, and the pipe and TCP budgets.
+//!
+//! Every test runs the real binary (`FAILOVERD_BIN` overrides the one
+//! cargo built, so the same tests can be pointed at an older build) against
+//! real sockets on loopback or in a network namespace the test creates and
+//! removes. Each bounds its own time.
+
+use std::time::Duration;
+
+use support::*;
+
+// ---------------------------------------------------------------------
+// Defect 2: values that validate never panic later.
+// ---------------------------------------------------------------------
+
+#[test]
+fn check_rejects_a_duration_longer_than_a_year() {
+    let dir = TempDir::new("huge-duration");
+    let config = dir.write(
+        "failoverd.toml",
+        &service_config(
+            "127.0.0.1:1",
+            "idle_timeout = \"2600000000000000h\"",
+            &[("primary", "127.0.0.1:2".parse().unwrap())],
+        ),
+    );
+    let out = failoverd_command()
+        .args(["check", "-c"])
+        .arg(&config)
+        .output()
+        .expect("run failoverd check");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "check must reject the value; stdout: {} stderr: {stderr}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(stderr.contains("idle_timeout"), "{stderr}");
+}
+
+/// The largest values validation allows everywhere (a year, a million
+/// connections), at start and again after a reload: connections are
+/// forwarded, checks run, the process neither panics nor exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn largest_valid_values_forward_and_check_without_panic() {
+    within(60, async {
+        let backend = GreetBackend::start("primary").await;
+        let dir = TempDir::new("largest");
+        let listen = free_port();
+        let socket = dir.path("ctl.sock");
+        let settings = |max: u32| {
+            format!(
+                "connect_timeout = \"8760h\"\nidle_timeout = \"8760h\"\n\
+                 check_interval = \"8760h\"\ncheck_timeout = \"8760h\"\n\
+                 failback_delay = \"8760h\"\n\
+                 max_connections = {max}\npassive_errors = 4294967295"
+            )
+        };
+        let config_text = |max: u32| {
+            format!(
+                "[admin]\nsocket = \"{}\"\nshutdown_timeout = \"8760h\"\n{}",
+                socket.display(),
+                service_config(
+                    &listen.to_string(),
+                    &settings(max),
+                    &[("primary", backend.addr)]
+                )
+            )
+        };
+        let config = dir.write("failoverd.toml", &config_text(999_999));
+        let mut proxy = Failoverd::spawn(&dir, &config, &[]);
+        proxy.wait_listening(listen).await;
+        assert_eq!(greeting(listen).await.expect("served at start"), "primary");
+        eventually(Duration::from_secs(10), || backend.checks() >= 1).await;
+
+        dir.write("failoverd.toml", &config_text(1_000_000));
+        let out = proxy.ctl(&socket, &["reload"]).await;
+        assert!(out.status.success(), "reload: {out:?}");
+        assert_eq!(
+            greeting(listen).await.expect("served after reload"),
+            "primary"
+        );
+        let status = proxy.ctl(&socket, &["status", "--json"]).await;
+        assert!(status.status.success(), "status after reload: {status:?}");
+        proxy.assert_alive_without_panic();
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------
+// Helpers, kept together so a shared harness can replace them.
+// ---------------------------------------------------------------------
+
+mod support {
+    #![allow(dead_code)]
+
+    use std::future::Future;
+    use std::net::SocketAddr;
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Output, Stdio};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::{Duration, Instant};
+
+    use sha2::{Digest, Sha256};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// The binary under test: `FAILOVERD_BIN`, else the one cargo built.
+    pub fn failoverd_bin() -> PathBuf {
+        std::env::var_os("FAILOVERD_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_failoverd")))
+    }
+
+    pub fn failoverd_command() -> Command {
+        Command::new(failoverd_bin())
+    }
+
+    /// Every test bounds its own time with this.
+    pub async fn within<T>(secs: u64, fut: impl Future<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(secs), fut)
+            .await
+            .expect("test timed out")
+    }
+
+    /// Poll `cond` until it holds; fail after `limit`.
+    pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) {
+        let started = Instant::now();
+        while !cond() {
+            assert!(
+                started.elapsed() < limit,
+                "condition not met within {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// A loopback port nothing listens on right now.
+    pub fn free_port() -> SocketAddr {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr")
+    }
+
+    /// A one-service config.
+    pub fn service_config(listen: &str, settings: &str, backends: &[(&str, SocketAddr)]) -> String {
+        let mut text = format!("[[service]]\nname = \"svc\"\nlisten = \"{listen}\"\n{settings}\n");
+        for (name, addr) in backends {
+            text.push_str(&format!(
+                "[[service.backend]]\nname = \"{name}\"\naddress = \"{addr}\"\n"
+            ));
+        }
+        text
+    }
+
+    /// A temp directory removed on drop.
+    pub struct TempDir(pub PathBuf);
+
+    impl TempDir {
+        pub fn new(tag: &str) -> TempDir {
+            static N: AtomicUsize = AtomicUsize::new(0);
+            let dir = std::env::temp_dir().join(format!(
+                "failoverd-hb-{tag}-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::create_dir_all(&dir).expect("temp dir");
+            TempDir(dir)
+        }
+
+        pub fn path(&self, name: &str) -> PathBuf {
+            self.0.join(name)
+        }
+
+        pub fn write(&self, name: &str, text: &str) -> PathBuf {
+            let path = self.path(name);
+            std::fs::write(&path, text).expect("write temp file");
+            path
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A running `failoverd run`, killed (and reaped) on drop; its stderr
+    /// goes to a log file in the test's directory.
+    pub struct Failoverd {
+        child: Child,
+        log: PathBuf,
+    }
+
+    impl Failoverd {
+        /// `failoverd run -c CONFIG`, started through `prefix` (e.g.
+        /// `["ip", "netns", "exec", NS]`) when it is not empty.
+        pub fn spawn(dir: &TempDir, config: &Path, prefix: &[&str]) -> Failoverd {
+            Failoverd::spawn_with(dir, config, prefix, |_| {})
+        }
+
+        pub fn spawn_with(
+            dir: &TempDir,
+            config: &Path,
+            prefix: &[&str],
+            tweak: impl FnOnce(&mut Command),
+        ) -> Failoverd {
+            let log = dir.path("failoverd.log");
+            let mut command = match prefix.split_first() {
+                Some((program, args)) => {
+                    let mut c = Command::new(program);
+                    c.args(args).arg(failoverd_bin());
+                    c
+                }
+                None => failoverd_command(),
+            };
+            command
+                .args(["run", "-c"])
+                .arg(config)
+                .env("RUST_LOG", "info,failoverd=debug")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).expect("log file"));
+            tweak(&mut command);
+            let child = command.spawn().expect("spawn failoverd");
+            Failoverd { child, log }
+        }
+
+        pub fn pid(&self) -> u32 {
+            self.child.id()
+        }
+
+        pub fn log(&self) -> String {
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        }
+
+        /// Wait until `addr` accepts connections (bounded).
+        pub async fn wait_listening(&self, addr: SocketAddr) {
+            let started = Instant::now();
+            while TcpStream::connect(addr).await.is_err() {
+                assert!(
+                    started.elapsed() < Duration::from_secs(10),
+                    "failoverd did not listen on {addr}; log:\n{}",
+                    self.log()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+
+        /// Wait until the control socket at `path` answers `status`.
+        pub async fn wait_control(&self, path: &Path) {
+            let started = Instant::now();
+            while !self.ctl(path, &["status"]).await.status.success() {
+                assert!(
+                    started.elapsed() < Duration::from_secs(10),
+                    "control socket {} never answered; log:\n{}",
+                    path.display(),
+                    self.log()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+
+        /// `failoverd ctl --socket PATH ARGS...`, bounded by 30 s.
+        pub async fn ctl(&self, socket: &Path, args: &[&str]) -> Output {
+            ctl(socket, args).await
+        }
+
+        pub fn assert_alive_without_panic(&mut self) {
+            let log = self.log();
+            assert!(!log.contains("panicked"), "failoverd panicked:\n{log}");
+            assert!(
+                matches!(self.child.try_wait(), Ok(None)),
+                "failoverd exited:\n{log}"
+            );
+        }
+    }
+
+    impl Drop for Failoverd {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// `failoverd ctl --socket PATH ARGS...`, bounded by 30 s.
+    pub async fn ctl(socket: &Path, args: &[&str]) -> Output {
+        let mut command = tokio::process::Command::new(failoverd_bin());
+        command
+            .arg("ctl")
+            .arg("--socket")
+            .arg(socket)
+            .args(args)
+            .kill_on_drop(true);
+        tokio::time::timeout(Duration::from_secs(30), command.output())
+            .await
+            .expect("ctl did not finish within 30 s")
+            .expect("run failoverd ctl")
+    }
+
+    /// A backend that greets each client with its name and a newline, then
+    /// echoes; connections that send nothing (health checks) are counted.
+    pub struct GreetBackend {
+        pub addr: SocketAddr,
+        accepted: Arc<AtomicUsize>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl GreetBackend {
+        pub async fn start(name: &str) -> GreetBackend {
+            let listener = TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind backend");
+            GreetBackend::serve(listener, name)
+        }
+
+        pub fn serve(listener: TcpListener, name: &str) -> GreetBackend {
+            let addr = listener.local_addr().expect("backend addr");
+            let accepted = Arc::new(AtomicUsize::new(0));
+            let count = Arc::clone(&accepted);
+            let greeting = format!("{name}\n");
+            let task = tokio::spawn(async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    count.fetch_add(1, Ordering::Relaxed);
+                    let greeting = greeting.clone();
+                    tokio::spawn(async move {
+                        let (mut r, mut w) = stream.into_split();
+                        if w.write_all(greeting.as_bytes()).await.is_ok() {
+                            let _ = tokio::io::copy(&mut r, &mut w).await;
+                        }
+                    });
+                }
+            });
+            GreetBackend {
+                addr,
+                accepted,
+                task,
+            }
+        }
+
+        /// Connections accepted so far (checks and clients).
+        pub fn checks(&self) -> usize {
+            self.accepted.load(Ordering::Relaxed)
+        }
+    }
+
+    impl Drop for GreetBackend {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    /// Connect and read the greeting line: who answered.
+    pub async fn greeting(addr: SocketAddr) -> std::io::Result<String> {
+        let mut stream = TcpStream::connect(addr).await?;
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        loop {
+            let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut byte))
+                .await
+                .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no greeting"))??;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            if byte[0] == b'\n' {
+                return Ok(String::from_utf8_lossy(&line).into_owned());
+            }
+            line.push(byte[0]);
+        }
+    }
+
+    /// A client whose receive buffer is tiny, so the proxy cannot push a
+    /// reply into it ahead of the client reading.
+    pub async fn small_buffer_client(addr: SocketAddr) -> TcpStream {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+        socket.connect(addr).await.expect("connect to the proxy")
+    }
+
+    /// Close `stream` with a reset (SO_LINGER 0), not a FIN.
+    pub fn reset(stream: TcpStream) {
+        socket2::SockRef::from(&stream)
+            .set_linger(Some(Duration::ZERO))
+            .expect("SO_LINGER");
+        drop(stream);
+    }
+
+    pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+        use rand::{RngExt, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut data = vec![0u8; len];
+        rng.fill(&mut data[..]);
+        data
+    }
+
+    pub fn sha256(data: &[u8]) -> [u8; 32] {
+        Sha256::digest(data).into()
+    }
+
+    /// Write everything, then half-close; errors end it quietly.
+    pub async fn write_and_close(mut stream: TcpStream, data: &[u8]) {
+        let _ = stream.write_all(data).await;
+        let _ = stream.shutdown().await;
+    }
+}
