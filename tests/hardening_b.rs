@@ -8,7 +8,12 @@
 //! real sockets on loopback or in a network namespace the test creates and
 //! removes. Each bounds its own time.
 
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 
 use support::*;
 
@@ -87,6 +92,220 @@ async fn largest_valid_values_forward_and_check_without_panic() {
         let status = proxy.ctl(&socket, &["status", "--json"]).await;
         assert!(status.status.success(), "status after reload: {status:?}");
         proxy.assert_alive_without_panic();
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------
+// Defect 3: a reply is never dropped when the other direction fails.
+// ---------------------------------------------------------------------
+
+const REPLY_BYTES: usize = 100 * 1024;
+const UPLOAD_BYTES: usize = 64 * 1024 * 1024;
+
+/// A backend that reads the first KiB of a request, answers with an error
+/// reply, half-closes and closes while the client is still uploading (so
+/// its kernel resets the connection). It closes only once its reply
+/// reached the proxy's kernel: what is tested is the proxy keeping it.
+async fn error_reply_backend(reply: Arc<Vec<u8>>) -> (SocketAddr, tokio::sync::mpsc::Receiver<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (closed_tx, closed_rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let reply = Arc::clone(&reply);
+            let closed = closed_tx.clone();
+            tokio::spawn(async move {
+                let mut head = vec![0u8; 1024];
+                // Health checks connect and close without a byte.
+                if stream.read_exact(&mut head).await.is_err() {
+                    return;
+                }
+                stream.write_all(&reply).await.unwrap();
+                stream.shutdown().await.unwrap();
+                let started = Instant::now();
+                while unacked(&stream) > 0 {
+                    assert!(
+                        started.elapsed() < Duration::from_secs(10),
+                        "reply never acknowledged"
+                    );
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                drop(stream);
+                let _ = closed.send(()).await;
+            });
+        }
+    });
+    (addr, closed_rx)
+}
+
+async fn error_reply_reaches_the_client(zero_copy: bool) {
+    let reply = Arc::new(random_bytes(REPLY_BYTES, 413));
+    let (backend, mut closed) = error_reply_backend(Arc::clone(&reply)).await;
+    let dir = TempDir::new("error-reply");
+    let listen = free_port();
+    let config = dir.write(
+        "failoverd.toml",
+        &service_config(
+            &listen.to_string(),
+            &format!("check_interval = \"1h\"\nzero_copy = {zero_copy}"),
+            &[("primary", backend)],
+        ),
+    );
+    let mut proxy = Failoverd::spawn(&dir, &config, &[]);
+    proxy.wait_listening(listen).await;
+
+    // A small receive buffer and a client that reads only after the
+    // backend closed: the reply is still inside the proxy when the
+    // upload fails.
+    let client = small_buffer_client(listen).await;
+    let (mut rd, mut wr) = client.into_split();
+    let uploader = tokio::spawn(async move {
+        let chunk = vec![b'u'; 64 * 1024];
+        let mut sent = 0;
+        while sent < UPLOAD_BYTES {
+            if wr.write_all(&chunk).await.is_err() {
+                break;
+            }
+            sent += chunk.len();
+        }
+        sent
+    });
+    closed.recv().await.expect("backend closed");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut got = Vec::new();
+    let read = rd.read_to_end(&mut got).await;
+    let uploaded = uploader.await.unwrap();
+    assert!(
+        uploaded < UPLOAD_BYTES,
+        "the upload should have been cut off"
+    );
+    match read {
+        Ok(_) => {}
+        Err(err) => panic!(
+            "client got {err} after {} of {REPLY_BYTES} reply bytes (zero_copy = {zero_copy})",
+            got.len()
+        ),
+    }
+    assert_eq!(
+        got.len(),
+        REPLY_BYTES,
+        "reply length (zero_copy = {zero_copy})"
+    );
+    assert!(sha256(&got) == sha256(&reply), "reply bytes differ");
+    proxy.assert_alive_without_panic();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_reply_reaches_the_client_while_it_uploads_with_splice() {
+    within(60, error_reply_reaches_the_client(true)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_reply_reaches_the_client_while_it_uploads_with_copy() {
+    within(60, error_reply_reaches_the_client(false)).await;
+}
+
+/// A backend that really resets (SO_LINGER 0) is passed on as a reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_reset_reaches_the_client_as_a_reset() {
+    within(60, async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let backend = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut head = [0u8; 5];
+                    if stream.read_exact(&mut head).await.is_ok() {
+                        reset(stream);
+                    }
+                });
+            }
+        });
+        for zero_copy in [true, false] {
+            let dir = TempDir::new("reset");
+            let listen = free_port();
+            let config = dir.write(
+                "failoverd.toml",
+                &service_config(
+                    &listen.to_string(),
+                    &format!("check_interval = \"1h\"\nzero_copy = {zero_copy}"),
+                    &[("primary", backend)],
+                ),
+            );
+            let proxy = Failoverd::spawn(&dir, &config, &[]);
+            proxy.wait_listening(listen).await;
+            let mut client = TcpStream::connect(listen).await.unwrap();
+            client.write_all(b"hello").await.unwrap();
+            let mut buf = [0u8; 16];
+            let read = client.read(&mut buf).await;
+            assert!(
+                matches!(&read, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+                "zero_copy = {zero_copy}: the client should see a reset, got {read:?}"
+            );
+        }
+    })
+    .await;
+}
+
+/// After the backend failed, a client that never reads holds its
+/// connection only for the drain bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stuck_client_is_closed_within_the_drain_bound() {
+    within(60, async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let backend = listener.local_addr().unwrap();
+        let (closed_tx, mut closed) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let closed = closed_tx.clone();
+                tokio::spawn(async move {
+                    let mut head = vec![0u8; 1024];
+                    if stream.read_exact(&mut head).await.is_err() {
+                        return;
+                    }
+                    // More than every buffer on the way holds.
+                    let reply = vec![b'r'; 32 << 20];
+                    let _ =
+                        tokio::time::timeout(Duration::from_millis(500), stream.write_all(&reply))
+                            .await;
+                    drop(stream);
+                    let _ = closed.send(Instant::now()).await;
+                });
+            }
+        });
+        let dir = TempDir::new("stuck");
+        let listen = free_port();
+        let config = dir.write(
+            "failoverd.toml",
+            &service_config(
+                &listen.to_string(),
+                "check_interval = \"1h\"",
+                &[("primary", backend)],
+            ),
+        );
+        let proxy = Failoverd::spawn(&dir, &config, &[]);
+        proxy.wait_listening(listen).await;
+        let client = small_buffer_client(listen).await;
+        let (_rd, mut wr) = client.into_split();
+        let uploader = tokio::spawn(async move {
+            let chunk = vec![b'u'; 64 * 1024];
+            loop {
+                if let Err(err) = wr.write_all(&chunk).await {
+                    return (Instant::now(), err);
+                }
+            }
+        });
+        let backend_closed = closed.recv().await.expect("backend closed");
+        let (failed_at, err) = tokio::time::timeout(Duration::from_secs(20), uploader)
+            .await
+            .expect("the proxy kept a stuck client's connection open past the drain bound")
+            .unwrap();
+        let held = failed_at.duration_since(backend_closed);
+        assert!(
+            held < Duration::from_secs(9),
+            "held {held:?} after the backend closed ({err})"
+        );
     })
     .await;
 }
@@ -387,6 +606,12 @@ mod support {
             .set_linger(Some(Duration::ZERO))
             .expect("SO_LINGER");
         drop(stream);
+    }
+
+    /// Bytes written to `stream` its peer has not acknowledged yet.
+    pub fn unacked(stream: &TcpStream) -> usize {
+        use std::os::fd::AsFd;
+        failoverd::forward::splice::unacked_bytes(stream.as_fd()).expect("SIOCOUTQ")
     }
 
     pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {

@@ -1,6 +1,6 @@
-//! The only `unsafe` code in failoverd: owned pipes and safe wrappers
-//! around pipe2(2), splice(2) and fcntl(F_SETPIPE_SZ), plus a per-thread
-//! pool of idle pipes.
+//! The only `unsafe` code of the data path: owned pipes and safe wrappers
+//! around pipe2(2), splice(2), fcntl(F_SETPIPE_SZ) and ioctl(SIOCOUTQ),
+//! plus a per-thread pool of idle pipes.
 //!
 //! Zero-copy forwarding moves bytes socket -> pipe -> socket inside the
 //! kernel. A direction holds a pipe only while it has bytes in flight and
@@ -85,6 +85,20 @@ pub fn pipe_size(pipe: BorrowedFd<'_>) -> io::Result<usize> {
         return Err(io::Error::last_os_error());
     }
     Ok(n as usize)
+}
+
+/// Bytes written to a TCP socket that its peer has not acknowledged yet
+/// (ioctl SIOCOUTQ, which Linux spells TIOCOUTQ): 0 once everything sent
+/// has reached the peer's kernel.
+pub fn unacked_bytes(socket: BorrowedFd<'_>) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: the fd is borrowed and open for the call; SIOCOUTQ writes one
+    // int through the pointer, which points at `n`, alive for the call.
+    let rc = unsafe { libc::ioctl(socket.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(usize::try_from(n).unwrap_or(0))
 }
 
 /// A non-blocking, close-on-exec pipe that remembers how many bytes it
