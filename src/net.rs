@@ -24,6 +24,15 @@ pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 pub const KEEPALIVE_RETRIES: u32 = 6;
 
+/// TCP_USER_TIMEOUT on a backend socket: a backend that leaves sent data
+/// unacknowledged this long is given up (ETIMEDOUT) instead of after the
+/// ~15 minutes of `tcp_retries2`. 30 s is far beyond the retransmission
+/// back-off of a live but congested path, and well inside keepalive's
+/// 120 s (which it also shortens: with unanswered probes a dead idle
+/// backend is dropped after 70 s). Client sockets keep the kernel default,
+/// since clients may sit behind slow links.
+pub const BACKEND_USER_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Bind a non-blocking listening socket, not yet tied to a runtime (each
 /// worker registers its own). `reuseport` lets one socket per worker share
 /// the address, so the kernel spreads new connections over the workers.
@@ -55,9 +64,14 @@ pub fn bind_std(
     Ok(socket.into())
 }
 
-/// TCP_NODELAY and keepalive on a connected stream.
+/// TCP_NODELAY, keepalive and [`BACKEND_USER_TIMEOUT`] on a connected
+/// backend stream.
 pub fn tune(stream: &TcpStream) -> io::Result<()> {
-    tune_socket(SockRef::from(stream))
+    let socket = SockRef::from(stream);
+    tune_socket(socket)?;
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    SockRef::from(stream).set_tcp_user_timeout(Some(BACKEND_USER_TIMEOUT))?;
+    Ok(())
 }
 
 /// TCP_NODELAY and keepalive on any TCP socket. Set on a listener, Linux
@@ -138,6 +152,22 @@ mod tests {
         assert_eq!(socket.tcp_keepalive_time().unwrap(), KEEPALIVE_IDLE);
         assert_eq!(socket.tcp_keepalive_interval().unwrap(), KEEPALIVE_INTERVAL);
         assert_eq!(socket.tcp_keepalive_retries().unwrap(), KEEPALIVE_RETRIES);
+    }
+
+    /// Backend sockets give up on a black-holed peer after
+    /// BACKEND_USER_TIMEOUT, not after ~15 minutes of retransmissions.
+    #[tokio::test]
+    async fn backend_sockets_get_a_tcp_user_timeout() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = BackendAddress::Ip(listener.local_addr().unwrap());
+        let stream = connect(&addr, Duration::from_secs(2)).await.unwrap();
+        tune(&stream).unwrap();
+        let socket = SockRef::from(&stream);
+        assert_eq!(
+            socket.tcp_user_timeout().unwrap(),
+            Some(BACKEND_USER_TIMEOUT)
+        );
+        assert!(socket.tcp_nodelay().unwrap());
     }
 
     /// `freebind = true` binds an address this host does not have (yet):

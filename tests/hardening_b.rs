@@ -311,6 +311,55 @@ async fn stuck_client_is_closed_within_the_drain_bound() {
 }
 
 // ---------------------------------------------------------------------
+// Defect 11: resource budgets (pipes are unit-tested in forward/).
+// ---------------------------------------------------------------------
+
+/// A backend that stops answering (every packet to and from its port
+/// dropped) while the proxy has unacknowledged data for it: the proxy gives
+/// up on it after TCP_USER_TIMEOUT (30 s) and closes the client, instead of
+/// retransmitting for ~15 minutes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn black_holed_backend_with_data_in_flight_is_closed_within_the_user_timeout() {
+    within(120, async {
+        let backend = GreetBackend::start("primary").await;
+        let dir = TempDir::new("blackhole");
+        let listen = free_port();
+        let config = dir.write(
+            "failoverd.toml",
+            &service_config(
+                &listen.to_string(),
+                "check_interval = \"1h\"\non_switch = \"keep\"\npassive_errors = 0",
+                &[("primary", backend.addr)],
+            ),
+        );
+        let proxy = Failoverd::spawn(&dir, &config, &[]);
+        proxy.wait_listening(listen).await;
+        let mut client = TcpStream::connect(listen).await.unwrap();
+        let mut greeting = [0u8; 8];
+        client.read_exact(&mut greeting).await.unwrap();
+        assert_eq!(&greeting, b"primary\n");
+
+        let _blackhole = Nft::drop_port(backend.addr.port());
+        client.write_all(&[b'x'; 4096]).await.unwrap();
+        let started = Instant::now();
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(60), client.read(&mut buf))
+            .await
+            .expect("the proxy still holds the connection 60 s after the backend went silent");
+        let held = started.elapsed();
+        assert!(
+            matches!(read, Ok(0) | Err(_)),
+            "unexpected bytes from a black-holed backend: {read:?}"
+        );
+        assert!(
+            held >= Duration::from_secs(25) && held < Duration::from_secs(45),
+            "closed after {held:?}, want about 30 s (TCP_USER_TIMEOUT)"
+        );
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------
 // Helpers, kept together so a shared harness can replace them.
 // ---------------------------------------------------------------------
 
@@ -624,6 +673,145 @@ mod support {
 
     pub fn sha256(data: &[u8]) -> [u8; 32] {
         Sha256::digest(data).into()
+    }
+
+    /// The path of a system tool, installing its Debian package once when
+    /// it is missing and we are root; fails naming the package otherwise.
+    pub fn tool(name: &str, package: &str) -> PathBuf {
+        let find = || {
+            let path = std::env::var("PATH").unwrap_or_default();
+            path.split(':')
+                .chain(["/usr/sbin", "/sbin", "/usr/bin"])
+                .map(|dir| Path::new(dir).join(name))
+                .find(|p| p.is_file())
+        };
+        if let Some(path) = find() {
+            return path;
+        }
+        static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _once = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
+        if find().is_none() && is_root() {
+            let _ = Command::new("apt-get")
+                .args(["install", "-y", "-qq", package])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        find().unwrap_or_else(|| panic!("{name} not found: install the Debian package {package}"))
+    }
+
+    pub fn is_root() -> bool {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("Uid:"))
+                    .map(|l| l.split_whitespace().nth(1) == Some("0"))
+            })
+            .unwrap_or(false)
+    }
+
+    /// Run a command to completion; panics with its output on failure.
+    pub fn run(program: &Path, args: &[&str]) {
+        let out = Command::new(program).args(args).output().expect("run tool");
+        assert!(
+            out.status.success(),
+            "{} {args:?} failed: {}",
+            program.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// An nftables table of this test's own, deleted on drop.
+    pub struct Nft {
+        nft: PathBuf,
+        table: String,
+        netns: Option<String>,
+    }
+
+    impl Nft {
+        /// Drop every loopback packet to or from `port` (a black hole).
+        pub fn drop_port(port: u16) -> Nft {
+            let nft = Nft::table(None);
+            nft.add(&[
+                "add",
+                "rule",
+                "inet",
+                &nft.table,
+                "out",
+                "tcp",
+                "dport",
+                &port.to_string(),
+                "drop",
+            ]);
+            nft.add(&[
+                "add",
+                "rule",
+                "inet",
+                &nft.table,
+                "out",
+                "tcp",
+                "sport",
+                &port.to_string(),
+                "drop",
+            ]);
+            nft
+        }
+
+        /// An empty table with an output chain, in `netns` if given.
+        pub fn table(netns: Option<&str>) -> Nft {
+            static N: AtomicUsize = AtomicUsize::new(0);
+            let nft = Nft {
+                nft: tool("nft", "nftables"),
+                table: format!(
+                    "failoverd_hb_{}_{}",
+                    std::process::id(),
+                    N.fetch_add(1, Ordering::Relaxed)
+                ),
+                netns: netns.map(str::to_owned),
+            };
+            nft.add(&["add", "table", "inet", &nft.table]);
+            nft.add(&[
+                "add",
+                "chain",
+                "inet",
+                &nft.table,
+                "out",
+                "{ type filter hook output priority 0; }",
+            ]);
+            nft
+        }
+
+        pub fn add(&self, args: &[&str]) {
+            match &self.netns {
+                Some(ns) => {
+                    let mut all = vec![
+                        "netns",
+                        "exec",
+                        ns.as_str(),
+                        self.nft.to_str().unwrap_or("nft"),
+                    ];
+                    all.extend_from_slice(args);
+                    run(&tool("ip", "iproute2"), &all);
+                }
+                None => run(&self.nft, args),
+            }
+        }
+    }
+
+    impl Drop for Nft {
+        fn drop(&mut self) {
+            let args = ["delete", "table", "inet", self.table.as_str()];
+            let mut command = match &self.netns {
+                Some(ns) => {
+                    let mut c = Command::new(tool("ip", "iproute2"));
+                    c.args(["netns", "exec", ns.as_str()]).arg(&self.nft);
+                    c
+                }
+                None => Command::new(&self.nft),
+            };
+            let _ = command.args(args).output();
+        }
     }
 
     /// Write everything, then half-close; errors end it quietly.

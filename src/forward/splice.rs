@@ -25,8 +25,25 @@ const SPLICE_FLAGS: libc::c_uint = libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK
 /// Idle pipes kept per worker thread; extra pipes are closed. Each pipe is
 /// two fds and holds no buffer pages while empty, but its capacity counts
 /// against the user's `fs.pipe-user-pages-soft` (64 MiB by default), so
-/// the pool stays small: 16 grown pipes are 16 MiB of that budget.
+/// the pool stays small and its pipes are shrunk to [`POOLED_PIPE_BYTES`]:
+/// 16 pooled pipes are 1 MiB of that budget.
 pub const POOL_MAX_PIPES_PER_THREAD: usize = 16;
+
+/// The capacity a pipe is given back before it goes into the pool: the
+/// kernel's default (16 pages). A pipe a bulk transfer grew to 1 MiB would
+/// otherwise sit idle at 1 MiB, and a few workers' pools would use up the
+/// user's `fs.pipe-user-pages-soft`, after which every new pipe gets one
+/// page and throughput collapses (an unprivileged user such as systemd's
+/// `DynamicUser` is subject to it).
+pub const POOLED_PIPE_BYTES: usize = 64 * 1024;
+
+/// Pipes grown past their size since start, process-wide (tests).
+static PIPES_GROWN: AtomicU64 = AtomicU64::new(0);
+
+/// How many times a pipe was grown in this process.
+pub fn pipes_grown() -> u64 {
+    PIPES_GROWN.load(Ordering::Relaxed)
+}
 
 /// Successful splice(2) calls since start, process-wide.
 static SPLICE_CALLS: AtomicU64 = AtomicU64::new(0);
@@ -149,6 +166,22 @@ impl Pipe {
         }
         if let Ok(size) = set_pipe_size(self.write.as_fd(), bytes) {
             self.capacity = size;
+            PIPES_GROWN.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Shrink an empty pipe back to `bytes` if it is larger; false if the
+    /// kernel refused (the pipe should then be closed, not kept).
+    pub fn shrink(&mut self, bytes: usize) -> bool {
+        if self.capacity <= bytes {
+            return true;
+        }
+        match set_pipe_size(self.write.as_fd(), bytes) {
+            Ok(size) => {
+                self.capacity = size;
+                true
+            }
+            Err(_) => false,
         }
     }
 
@@ -190,10 +223,11 @@ pub fn take_pipe() -> io::Result<Pipe> {
     Pipe::new()
 }
 
-/// Return a pipe to this thread's pool. A pipe that still holds bytes, or
-/// one beyond the pool's cap, is closed instead.
-pub fn put_pipe(pipe: Pipe) {
-    if !pipe.is_empty() {
+/// Return a pipe to this thread's pool, shrunk back to
+/// [`POOLED_PIPE_BYTES`]. A pipe that still holds bytes, one that cannot be
+/// shrunk, or one beyond the pool's cap, is closed instead.
+pub fn put_pipe(mut pipe: Pipe) {
+    if !pipe.is_empty() || !pipe.shrink(POOLED_PIPE_BYTES) {
         return;
     }
     // If the thread-local is gone (thread exit) the pipe is simply dropped.
@@ -208,6 +242,18 @@ pub fn put_pipe(pipe: Pipe) {
 /// Idle pipes in this thread's pool.
 pub fn pooled_pipes() -> usize {
     POOL.try_with(|pool| pool.borrow().len()).unwrap_or(0)
+}
+
+/// The capacity of every idle pipe in this thread's pool, as the kernel
+/// reports it (F_GETPIPE_SZ).
+pub fn pooled_pipe_sizes() -> Vec<usize> {
+    POOL.try_with(|pool| {
+        pool.borrow()
+            .iter()
+            .filter_map(|pipe| pipe_size(pipe.write.as_fd()).ok())
+            .collect()
+    })
+    .unwrap_or_default()
 }
 
 /// Close every idle pipe in this thread's pool (tests).
