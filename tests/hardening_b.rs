@@ -311,6 +311,247 @@ async fn stuck_client_is_closed_within_the_drain_bound() {
 }
 
 // ---------------------------------------------------------------------
+// Defect 9: the admin inputs are bounded.
+// ---------------------------------------------------------------------
+
+/// An admin-only config with a control socket and a metrics listener.
+fn admin_config(
+    dir: &TempDir,
+    backend: SocketAddr,
+) -> (
+    std::path::PathBuf,
+    std::path::PathBuf,
+    SocketAddr,
+    SocketAddr,
+) {
+    let socket = dir.path("ctl.sock");
+    let metrics = free_port();
+    let listen = free_port();
+    let text = format!(
+        "[admin]\nsocket = \"{}\"\nmetrics = \"{metrics}\"\n{}",
+        socket.display(),
+        service_config(
+            &listen.to_string(),
+            "check_interval = \"1h\"",
+            &[("primary", backend)]
+        )
+    );
+    (dir.write("failoverd.toml", &text), socket, metrics, listen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_socket_never_removes_a_file_that_is_not_a_socket() {
+    within(30, async {
+        let backend = GreetBackend::start("primary").await;
+        let dir = TempDir::new("notsocket");
+        let (config, socket, _, _) = admin_config(&dir, backend.addr);
+        std::fs::write(&socket, "precious\n").unwrap();
+        let mut proxy = Failoverd::spawn(&dir, &config, &[]);
+        let status = proxy.wait_exit(Duration::from_secs(10)).await;
+        assert_eq!(
+            status,
+            Some(1),
+            "failoverd must refuse to start; log:\n{}",
+            proxy.log()
+        );
+        let log = proxy.log();
+        assert!(
+            log.contains(&socket.display().to_string()) && log.contains("not a socket"),
+            "the error names the path: {log}"
+        );
+        assert_eq!(std::fs::read_to_string(&socket).unwrap(), "precious\n");
+    })
+    .await;
+}
+
+/// Created 0600 even under umask 000, and never seen with another mode
+/// while failoverd starts (a watcher stats the path in a tight loop).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_socket_is_created_owner_only_under_any_umask() {
+    within(30, async {
+        use std::os::unix::fs::PermissionsExt;
+        let backend = GreetBackend::start("primary").await;
+        let dir = TempDir::new("umask");
+        let (config, socket, _, _) = admin_config(&dir, backend.addr);
+        let watched = socket.clone();
+        let watcher = std::thread::spawn(move || {
+            let started = Instant::now();
+            let mut seen = std::collections::BTreeSet::new();
+            while started.elapsed() < Duration::from_secs(5) {
+                if let Ok(meta) = std::fs::symlink_metadata(&watched) {
+                    seen.insert(meta.permissions().mode() & 0o777);
+                    if started.elapsed() > Duration::from_secs(1) {
+                        break;
+                    }
+                }
+            }
+            seen
+        });
+        let proxy = Failoverd::spawn(
+            &dir,
+            &config,
+            &["sh", "-c", "umask 000; exec \"$0\" \"$@\""],
+        );
+        proxy.wait_control(&socket).await;
+        let seen = watcher.join().unwrap();
+        assert_eq!(
+            seen.into_iter().collect::<Vec<_>>(),
+            vec![0o600],
+            "modes seen at {}",
+            socket.display()
+        );
+    })
+    .await;
+}
+
+/// A request line past 64 KiB is cut off (the sender's writes fail long
+/// before 64 MiB), a silent client is closed after the idle timeout, and
+/// neither an 8 MiB line in progress nor 40 idle connections keep
+/// `ctl status` from answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_socket_bounds_lines_idle_clients_and_connections() {
+    within(60, async {
+        use tokio::net::UnixStream;
+        let backend = GreetBackend::start("primary").await;
+        let dir = TempDir::new("ctl-bounds");
+        let (config, socket, _, _) = admin_config(&dir, backend.addr);
+        let proxy = Failoverd::spawn(&dir, &config, &[]);
+        proxy.wait_control(&socket).await;
+
+        // An 8 MiB line being written slowly while ctl status runs.
+        let mut slow = UnixStream::connect(&socket).await.unwrap();
+        let slow_writer = tokio::spawn(async move {
+            let chunk = vec![b'a'; 1 << 20];
+            for _ in 0..8 {
+                if slow.write_all(&chunk).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let _ = slow.write_all(b"\n").await;
+        });
+        let status = proxy.ctl(&socket, &["status"]).await;
+        assert!(
+            status.status.success(),
+            "ctl status during an 8 MiB line: {status:?}"
+        );
+        slow_writer.abort();
+
+        // A line that never ends is cut off after 64 KiB.
+        let mut long = UnixStream::connect(&socket).await.unwrap();
+        let mut written = 0usize;
+        let chunk = vec![b'a'; 64 * 1024];
+        let cut = tokio::time::timeout(Duration::from_secs(10), async {
+            while written < 64 << 20 {
+                if long.write_all(&chunk).await.is_err() {
+                    return true;
+                }
+                written += chunk.len();
+            }
+            false
+        })
+        .await
+        .unwrap_or(false);
+        assert!(
+            cut,
+            "the control socket read {written} bytes of one line without cutting it off"
+        );
+
+        // A silent client is closed.
+        let mut idle = UnixStream::connect(&socket).await.unwrap();
+        let started = Instant::now();
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(20), idle.read(&mut buf))
+            .await
+            .expect("an idle control connection stayed open 20 s");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        assert!(
+            started.elapsed() >= Duration::from_secs(5),
+            "closed too soon: {:?}",
+            started.elapsed()
+        );
+
+        // 40 idle connections do not lock ctl out.
+        let mut held = Vec::new();
+        for _ in 0..40 {
+            held.push(UnixStream::connect(&socket).await.unwrap());
+        }
+        let status = proxy.ctl(&socket, &["status"]).await;
+        assert!(
+            status.status.success(),
+            "ctl status past 40 idle connections: {status:?}"
+        );
+    })
+    .await;
+}
+
+/// `ctl` gives up on a control socket that accepts and never answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_gives_up_on_a_control_socket_that_never_answers() {
+    within(60, async {
+        let dir = TempDir::new("ctl-timeout");
+        let path = dir.path("hung.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let server = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream);
+            }
+        });
+        let started = Instant::now();
+        let out = ctl(&path, &["status"]).await;
+        let took = started.elapsed();
+        server.abort();
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("no answer"), "{stderr}");
+        assert!(took < Duration::from_secs(20), "ctl waited {took:?}");
+    })
+    .await;
+}
+
+/// 200 idle connections to /metrics neither stop a scrape nor stay open:
+/// beyond the cap the oldest are closed at once, the rest after the read
+/// timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_serves_a_scrape_past_200_idle_connections_and_closes_them() {
+    within(60, async {
+        let backend = GreetBackend::start("primary").await;
+        let dir = TempDir::new("metrics-idle");
+        let (config, _, metrics, _) = admin_config(&dir, backend.addr);
+        let proxy = Failoverd::spawn(&dir, &config, &[]);
+        proxy.wait_listening(metrics).await;
+        let mut idle = Vec::new();
+        for _ in 0..200 {
+            idle.push(TcpStream::connect(metrics).await.unwrap());
+        }
+        let started = Instant::now();
+        let body = scrape(metrics)
+            .await
+            .expect("scrape past 200 idle connections");
+        assert!(body.contains("failoverd_backend_up"), "{body}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "scrape took {:?}",
+            started.elapsed()
+        );
+        // Every idle connection is closed by the server within 5 s.
+        let closed_all = tokio::time::timeout(Duration::from_secs(5), async {
+            for mut stream in idle {
+                let mut buf = [0u8; 1];
+                let _ = stream.read(&mut buf).await;
+            }
+        })
+        .await;
+        assert!(
+            closed_all.is_ok(),
+            "idle /metrics connections still open after 5 s"
+        );
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------
 // Defect 11: resource budgets (pipes are unit-tested in forward/).
 // ---------------------------------------------------------------------
 
@@ -538,6 +779,18 @@ mod support {
             ctl(socket, args).await
         }
 
+        /// Wait up to `limit` for the process to exit; its exit code.
+        pub async fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+            let started = Instant::now();
+            while started.elapsed() < limit {
+                if let Ok(Some(status)) = self.child.try_wait() {
+                    return status.code();
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            None
+        }
+
         pub fn assert_alive_without_panic(&mut self) {
             let log = self.log();
             assert!(!log.contains("panicked"), "failoverd panicked:\n{log}");
@@ -639,6 +892,23 @@ mod support {
             }
             line.push(byte[0]);
         }
+    }
+
+    /// GET /metrics; the body of a 200 answer.
+    pub async fn scrape(addr: SocketAddr) -> std::io::Result<String> {
+        let mut stream = TcpStream::connect(addr).await?;
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await?;
+        let mut text = String::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut text))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "scrape timed out"))??;
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        if !head.starts_with("HTTP/1.1 200") {
+            return Err(std::io::Error::other(format!("scrape answered {head}")));
+        }
+        Ok(body.to_string())
     }
 
     /// A client whose receive buffer is tiny, so the proxy cannot push a
