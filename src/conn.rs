@@ -37,7 +37,7 @@ pub async fn handle(
         // Taken before connecting, so a switch during the connect still
         // closes this connection.
         let close = backend.close_token();
-        match net::connect(&backend.address, settings.connect_timeout).await {
+        match net::connect(backend.addresses(), settings.connect_timeout).await {
             Ok(upstream) => {
                 backend.record_connect_ok();
                 if let Err(err) = net::tune(&upstream) {

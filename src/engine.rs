@@ -88,6 +88,7 @@ pub fn start(config: &ServiceConfig, force_close: &CancellationToken) -> EngineH
         force_close: force_close.clone(),
         checks: stop.child_token(),
         stop: stop.clone(),
+        notifier: notify::Notifier::start(notify::NOTIFY_TIME_LIMIT),
     };
     engine.spawn_checks();
     tokio::spawn(engine.run());
@@ -102,6 +103,8 @@ struct Engine {
     /// Cancelled to stop the current set of check tasks (reload, stop).
     checks: CancellationToken,
     stop: CancellationToken,
+    /// Runs `notify` for this service, one run at a time.
+    notifier: notify::Notifier,
 }
 
 impl Engine {
@@ -287,14 +290,13 @@ impl Engine {
             }
         }
         if !settings.notify.is_empty() {
-            notify::spawn_notify(
-                &settings.notify,
-                &self.service.name,
-                from.as_deref(),
-                to.as_deref(),
-                reason.as_str(),
-                notify::NOTIFY_TIME_LIMIT,
-            );
+            self.notifier.notify(notify::Switch {
+                command: settings.notify.clone(),
+                service: self.service.name.clone(),
+                from,
+                to,
+                reason: reason.as_str().to_owned(),
+            });
         }
     }
 

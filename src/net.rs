@@ -4,8 +4,10 @@
 //!
 //! Nothing here knows about services, health or failover.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
@@ -86,10 +88,14 @@ pub fn tune_socket(socket: SockRef<'_>) -> io::Result<()> {
     socket.set_tcp_keepalive(&keepalive)
 }
 
-/// Connect to a backend within `timeout`; a hostname is resolved now and
-/// each of its addresses tried in turn within the same deadline.
-pub async fn connect(address: &BackendAddress, timeout: Duration) -> io::Result<TcpStream> {
-    let attempt = async { connect_first(resolve(address).await?).await };
+/// Connect to a backend within `timeout`: to the first of the addresses
+/// `addrs` yields that accepts (the data path's cached addresses; nothing
+/// is resolved here).
+pub async fn connect(
+    addrs: impl Future<Output = Arc<Vec<SocketAddr>>>,
+    timeout: Duration,
+) -> io::Result<TcpStream> {
+    let attempt = async { connect_first(addrs.await.iter().copied()).await };
     match tokio::time::timeout(timeout, attempt).await {
         Ok(result) => result,
         Err(_) => Err(io::Error::new(
@@ -100,7 +106,7 @@ pub async fn connect(address: &BackendAddress, timeout: Duration) -> io::Result<
 }
 
 /// A backend's addresses: the literal one (no lookup, no allocation), or
-/// what its hostname resolves to now. Shared by connects and health checks.
+/// what its hostname resolves to now. Only health checks call it.
 pub async fn resolve(address: &BackendAddress) -> io::Result<impl Iterator<Item = SocketAddr>> {
     let (literal, resolved) = match address {
         BackendAddress::Ip(addr) => (Some(*addr), None),
@@ -159,8 +165,10 @@ mod tests {
     #[tokio::test]
     async fn backend_sockets_get_a_tcp_user_timeout() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = BackendAddress::Ip(listener.local_addr().unwrap());
-        let stream = connect(&addr, Duration::from_secs(2)).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stream = connect(async { Arc::new(vec![addr]) }, Duration::from_secs(2))
+            .await
+            .unwrap();
         tune(&stream).unwrap();
         let socket = SockRef::from(&stream);
         assert_eq!(

@@ -9,13 +9,14 @@
 //! health flags are atomics so the data path can order its connect attempts
 //! without a lock. This module decides nothing and does no I/O.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use metrics::{Counter, Gauge, Histogram};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{BackendAddress, ServiceConfig, Settings};
@@ -30,6 +31,12 @@ pub struct Backend {
     pub service: String,
     pub name: String,
     pub address: BackendAddress,
+    /// Where connects go: the literal address, or the last good resolution
+    /// of the hostname, refreshed by the check loop. The data path never
+    /// resolves a name (a DNS outage must not fail a healthy backend).
+    addresses: ArcSwap<Vec<SocketAddr>>,
+    /// Wakes connects waiting for a hostname's first resolution.
+    resolved: Notify,
     up: AtomicBool,
     enabled: AtomicBool,
     /// Consecutive failed connects on live traffic.
@@ -114,10 +121,16 @@ impl Backend {
         let metrics = BackendMetrics::new(service, name);
         metrics.up.set(1.0);
         let now = Instant::now();
+        let addresses = match &address {
+            BackendAddress::Ip(addr) => vec![*addr],
+            BackendAddress::Host { .. } => Vec::new(),
+        };
         Backend {
             service: service.to_string(),
             name: name.to_string(),
             address,
+            addresses: ArcSwap::from_pointee(addresses),
+            resolved: Notify::new(),
             up: AtomicBool::new(true),
             enabled: AtomicBool::new(true),
             passive_errors: AtomicU32::new(0),
@@ -133,6 +146,37 @@ impl Backend {
             }),
             metrics,
         }
+    }
+
+    /// The addresses to connect to; for a hostname not resolved yet, waits
+    /// for its check loop's first resolution (callers bound the wait).
+    pub async fn addresses(&self) -> Arc<Vec<SocketAddr>> {
+        // The common case takes no lock (registering a waiter would).
+        let current = self.addresses.load_full();
+        if !current.is_empty() {
+            return current;
+        }
+        loop {
+            let resolved = self.resolved.notified();
+            tokio::pin!(resolved);
+            // Registered before looking, so a store in between is not missed.
+            resolved.as_mut().enable();
+            let current = self.addresses.load_full();
+            if !current.is_empty() {
+                return current;
+            }
+            resolved.await;
+        }
+    }
+
+    /// Store a good resolution of the hostname (the check loop does). An
+    /// empty one is ignored: the last good addresses stay in use.
+    pub fn set_addresses(&self, addrs: &[SocketAddr]) {
+        if addrs.is_empty() || **self.addresses.load() == addrs {
+            return;
+        }
+        self.addresses.store(Arc::new(addrs.to_vec()));
+        self.resolved.notify_waiters();
     }
 
     pub fn is_up(&self) -> bool {
@@ -319,7 +363,6 @@ pub enum Event {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::SocketAddr;
 
     fn snapshot(states: &[(bool, bool)], active: Option<usize>) -> Snapshot {
         let root = CancellationToken::new();
@@ -381,6 +424,35 @@ mod tests {
         b.close_connections();
         assert!(old.is_cancelled());
         assert!(!b.close_token().is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn a_hostname_backend_waits_for_its_first_resolution_and_keeps_the_last_good_one() {
+        let root = CancellationToken::new();
+        let host = BackendAddress::Host {
+            host: "db.internal".into(),
+            port: 5432,
+        };
+        let b = Arc::new(Backend::new("svc", "b", host, &root));
+        let waiting = tokio::spawn({
+            let b = Arc::clone(&b);
+            async move { b.addresses().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "nothing resolved yet");
+        let first: SocketAddr = "10.0.0.7:5432".parse().unwrap();
+        b.set_addresses(&[first]);
+        let got = tokio::time::timeout(std::time::Duration::from_secs(2), waiting)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(*got, vec![first]);
+        b.set_addresses(&[]);
+        assert_eq!(
+            *b.addresses().await,
+            vec![first],
+            "a failed lookup keeps the last"
+        );
     }
 
     #[test]

@@ -552,6 +552,135 @@ async fn metrics_serves_a_scrape_past_200_idle_connections_and_closes_them() {
 }
 
 // ---------------------------------------------------------------------
+// Defect 10: name resolution and notify under faults.
+// ---------------------------------------------------------------------
+
+/// The name the hosts file of the test's mount namespace resolves; `.invalid`
+/// so that no DNS server ever answers it.
+const BACKEND_HOST: &str = "failoverd-test-backend.invalid";
+
+/// A hostname backend keeps serving while its name no longer resolves: the
+/// data path connects to the addresses the check loop cached and never
+/// resolves. failoverd runs in a mount namespace of its own whose
+/// /etc/hosts (the test's file, bind-mounted) is emptied after start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostname_backend_keeps_serving_while_resolution_is_broken() {
+    within(60, async {
+        let backend = GreetBackend::start("primary").await;
+        let dir = TempDir::new("resolve");
+        let hosts = dir.write("hosts", &format!("127.0.0.1 {BACKEND_HOST}\n"));
+        // Nothing answers DNS here, quickly: the name is only in hosts.
+        let resolv = dir.write("resolv.conf", "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n");
+        let listen = free_port();
+        let port = backend.addr.port();
+        let text = format!(
+            "[[service]]\nname = \"svc\"\nlisten = \"{listen}\"\ncheck_interval = \"1h\"\n\
+             passive_errors = 1\n[[service.backend]]\nname = \"primary\"\naddress = \"{BACKEND_HOST}:{port}\"\n"
+        );
+        let config = dir.write("failoverd.toml", &text);
+        let unshare = tool("unshare", "util-linux");
+        let mount_script = format!(
+            "mount --bind {} /etc/hosts && mount --bind {} /etc/resolv.conf && exec \"$0\" \"$@\"",
+            hosts.display(),
+            resolv.display()
+        );
+        let prefix = [
+            unshare.to_str().unwrap(),
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            mount_script.as_str(),
+        ];
+        let mut proxy = Failoverd::spawn(&dir, &config, &prefix);
+        proxy.wait_listening(listen).await;
+        assert_eq!(greeting(listen).await.expect("served while the name resolves"), "primary");
+
+        // Break resolution inside failoverd's namespace, and prove it is broken.
+        std::fs::write(&hosts, "").unwrap();
+        let nsenter = tool("nsenter", "util-linux");
+        let lookup = std::process::Command::new(nsenter)
+            .args(["--target", &proxy.pid().to_string(), "--mount", "getent", "hosts", BACKEND_HOST])
+            .output()
+            .expect("nsenter getent");
+        assert!(!lookup.status.success(), "the name still resolves: {lookup:?}");
+
+        for i in 0..20 {
+            match greeting(listen).await {
+                Ok(who) => assert_eq!(who, "primary"),
+                Err(err) => panic!("client {i} not served while resolution is broken: {err}; log:\n{}", proxy.log()),
+            }
+        }
+        proxy.assert_alive_without_panic();
+    })
+    .await;
+}
+
+/// Five quick switches with a slow notify command: its runs never overlap
+/// and the last run reports the last switch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_runs_never_overlap_and_the_last_run_sees_the_last_switch() {
+    within(60, async {
+        let primary = GreetBackend::start("primary").await;
+        let backup = GreetBackend::start("backup").await;
+        let dir = TempDir::new("notify-order");
+        let script = dir.write(
+            "notify.sh",
+            "mkdir \"$1/lock\" 2>/dev/null || echo OVERLAP >> \"$1/runs\"\n\
+             echo \"start $FAILOVERD_FROM>$FAILOVERD_TO $FAILOVERD_REASON\" >> \"$1/runs\"\n\
+             sleep 0.5\necho end >> \"$1/runs\"\nrmdir \"$1/lock\"\n",
+        );
+        let socket = dir.path("ctl.sock");
+        let listen = free_port();
+        let text = format!(
+            "[admin]\nsocket = \"{}\"\n{}",
+            socket.display(),
+            service_config(
+                &listen.to_string(),
+                &format!(
+                    "check_interval = \"1h\"\nnotify = [\"sh\", \"{}\", \"{}\"]",
+                    script.display(),
+                    dir.0.display()
+                ),
+                &[("primary", primary.addr), ("backup", backup.addr)],
+            )
+        );
+        let config = dir.write("failoverd.toml", &text);
+        let proxy = Failoverd::spawn(&dir, &config, &[]);
+        proxy.wait_control(&socket).await;
+        for action in ["disable", "enable", "disable", "enable", "disable"] {
+            let out = proxy.ctl(&socket, &[action, "svc", "primary"]).await;
+            assert!(out.status.success(), "ctl {action}: {out:?}");
+        }
+        let runs = dir.path("runs");
+        // Settled: the last run ended and nothing started for 1.5 s.
+        let mut last = String::new();
+        let mut stable_since = Instant::now();
+        loop {
+            let text = std::fs::read_to_string(&runs).unwrap_or_default();
+            if text != last {
+                last = text;
+                stable_since = Instant::now();
+            } else if last.ends_with("end\n")
+                && stable_since.elapsed() > Duration::from_millis(1500)
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(!last.contains("OVERLAP"), "notify runs overlapped:\n{last}");
+        let final_start = last.lines().rfind(|l| l.starts_with("start"));
+        assert_eq!(
+            final_start,
+            Some("start primary>backup disabled"),
+            "runs:\n{last}"
+        );
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------
 // Defect 11: resource budgets (pipes are unit-tested in forward/).
 // ---------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Settings;
 use crate::service::{Backend, Event};
 
-pub use tcp::probe;
+pub use tcp::probe_and_resolve;
 
 /// One backend's active checks: the first at once, then every
 /// `check_interval` with a little jitter, until `stop`.
@@ -33,7 +33,7 @@ pub async fn check_loop(
     loop {
         let started = Instant::now();
         let result = tokio::select! {
-            result = probe(&backend.address, settings.check_timeout, &settings.check_send, &settings.check_expect) => result,
+            result = probe(&backend, &settings) => result,
             _ = stop.cancelled() => return,
         };
         let ok = result.is_ok();
@@ -68,6 +68,21 @@ pub async fn check_loop(
             _ = stop.cancelled() => return,
         }
     }
+}
+
+/// One probe of `backend`; a hostname's good resolution is cached for the
+/// data path on the way (a failed lookup keeps the last one, and fails the
+/// check).
+async fn probe(backend: &Backend, settings: &Settings) -> Result<(), tcp::ProbeError> {
+    let cache = |addrs: &[std::net::SocketAddr]| backend.set_addresses(addrs);
+    probe_and_resolve(
+        &backend.address,
+        settings.check_timeout,
+        &settings.check_send,
+        &settings.check_expect,
+        cache,
+    )
+    .await
 }
 
 /// Sleep until `interval` after `started`; a moment past what an `Instant`

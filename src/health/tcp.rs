@@ -3,6 +3,7 @@
 //! `check_send` and never keeps its socket.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -100,11 +101,24 @@ impl std::error::Error for ProbeError {
 ///
 /// A hostname resolving to several addresses is tried address by address, as
 /// a client would. The socket is dropped (closed) at the end.
+#[cfg(test)]
 pub async fn probe(
     address: &BackendAddress,
     timeout: Duration,
     send: &[u8],
     expect: &[u8],
+) -> Result<(), ProbeError> {
+    probe_and_resolve(address, timeout, send, expect, |_| {}).await
+}
+
+/// As [`probe`], handing a good resolution to `resolved` before the
+/// connect (the check loop caches it for the data path).
+pub async fn probe_and_resolve(
+    address: &BackendAddress,
+    timeout: Duration,
+    send: &[u8],
+    expect: &[u8],
+    resolved: impl FnOnce(&[SocketAddr]),
 ) -> Result<(), ProbeError> {
     // Validated timeouts are at most a year and always fit; the cap keeps
     // any other caller from panicking on the sum.
@@ -117,11 +131,13 @@ pub async fn probe(
         }
     };
 
-    let addrs = timeout_at(deadline, net::resolve(address))
+    let addrs: Vec<SocketAddr> = timeout_at(deadline, net::resolve(address))
         .await
         .map_err(within(ProbeStage::Resolve))?
-        .map_err(|err| ProbeError::Resolve(format!("{address}: {err}")))?;
-    let mut stream = timeout_at(deadline, net::connect_first(addrs))
+        .map_err(|err| ProbeError::Resolve(format!("{address}: {err}")))?
+        .collect();
+    resolved(&addrs);
+    let mut stream = timeout_at(deadline, net::connect_first(addrs.into_iter()))
         .await
         .map_err(within(ProbeStage::Connect))?
         .map_err(ProbeError::Connect)?;
@@ -171,7 +187,6 @@ async fn read_expected(stream: &mut TcpStream, expect: &[u8]) -> Result<(), Prob
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::SocketAddr;
     use tokio::net::TcpListener;
 
     /// Bound on every socket test, so a bug fails instead of hanging.
