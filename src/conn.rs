@@ -64,6 +64,19 @@ pub async fn handle(
                 }
                 break;
             }
+            Err(err) if net::is_local_error(&err) => {
+                // No free local port, or a local firewall: this host's
+                // fault, never counted against the backend; the next
+                // backend may still be reachable.
+                static LIMIT: LogLimit = LogLimit::new();
+                if let Some(suppressed) = LIMIT.check() {
+                    warn!(
+                        service = %service.name, id, backend = %backend.name,
+                        address = %backend.address, error = %err, suppressed,
+                        "local error connecting to backend, not counted against it"
+                    );
+                }
+            }
             Err(err) => {
                 if let Some(suppressed) = backend.connect_error_log.check() {
                     warn!(

@@ -139,6 +139,18 @@ pub fn is_resource_error(err: &io::Error) -> bool {
     )
 }
 
+/// Errors this host makes, not the backend: a resource error, no free
+/// local port (EADDRNOTAVAIL: the ephemeral range is used up), or a local
+/// firewall or security module refusing the connect (EPERM, EACCES). Such
+/// an error is no result: never a failed check, never a passive error.
+pub fn is_local_error(err: &io::Error) -> bool {
+    is_resource_error(err)
+        || matches!(
+            err.raw_os_error(),
+            Some(libc::EADDRNOTAVAIL | libc::EPERM | libc::EACCES)
+        )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,6 +201,45 @@ mod tests {
         bind_std(addr, true, false).expect("IP_FREEBIND lets it bind");
         let addr6: SocketAddr = "[2001:db8::77]:0".parse().unwrap();
         bind_std(addr6, true, false).expect("IPV6_FREEBIND lets it bind");
+    }
+
+    #[test]
+    fn local_errors_are_told_from_a_backends() {
+        let local = [
+            libc::EMFILE,
+            libc::ENFILE,
+            libc::ENOBUFS,
+            libc::ENOMEM,
+            libc::EADDRNOTAVAIL,
+            libc::EPERM,
+            libc::EACCES,
+        ];
+        for errno in local {
+            assert!(
+                is_local_error(&io::Error::from_raw_os_error(errno)),
+                "{errno}"
+            );
+        }
+        let remote = [
+            libc::ECONNREFUSED,
+            libc::ETIMEDOUT,
+            libc::EHOSTUNREACH,
+            libc::ENETUNREACH,
+            libc::ECONNRESET,
+        ];
+        for errno in remote {
+            assert!(
+                !is_local_error(&io::Error::from_raw_os_error(errno)),
+                "{errno}"
+            );
+        }
+        assert!(!is_local_error(&io::ErrorKind::TimedOut.into()));
+        assert!(is_resource_error(&io::Error::from_raw_os_error(
+            libc::EMFILE
+        )));
+        assert!(!is_resource_error(&io::Error::from_raw_os_error(
+            libc::EPERM
+        )));
     }
 
     #[test]

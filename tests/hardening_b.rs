@@ -311,6 +311,131 @@ async fn stuck_client_is_closed_within_the_drain_bound() {
 }
 
 // ---------------------------------------------------------------------
+// Defect 8: local faults are not blamed on backends.
+// ---------------------------------------------------------------------
+
+/// failoverd out of file descriptors (RLIMIT_NOFILE 128, used up by held
+/// client connections) while checks run every 200 ms: the checks that fail
+/// with EMFILE are no result, so no backend goes down and nothing switches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fd_exhaustion_during_checks_marks_no_backend_down() {
+    within(60, async {
+        let primary = GreetBackend::start("primary").await;
+        let backup = GreetBackend::start("backup").await;
+        let dir = TempDir::new("emfile-checks");
+        let listen = free_port();
+        let config = dir.write(
+            "failoverd.toml",
+            &service_config(
+                &listen.to_string(),
+                "check_interval = \"200ms\"\ncheck_timeout = \"200ms\"\nfall = 2\npassive_errors = 1",
+                &[("primary", primary.addr), ("backup", backup.addr)],
+            ),
+        );
+        let proxy = Failoverd::spawn(&dir, &config, &["sh", "-c", "ulimit -n 128 && exec \"$0\" \"$@\""]);
+        proxy.wait_listening(listen).await;
+        assert_eq!(greeting(listen).await.unwrap(), "primary");
+
+        // Hold connections until the proxy has no fd left for new ones.
+        let mut held = Vec::new();
+        let mut refused_in_a_row = 0;
+        while refused_in_a_row < 3 {
+            assert!(held.len() < 400, "the proxy never ran out of fds");
+            let mut stream = TcpStream::connect(listen).await.expect("kernel backlog accepts");
+            let mut byte = [0u8; 8];
+            let served = tokio::time::timeout(Duration::from_millis(300), stream.read_exact(&mut byte)).await;
+            refused_in_a_row = if matches!(served, Ok(Ok(_))) { 0 } else { refused_in_a_row + 1 };
+            held.push(stream);
+        }
+        // Checks keep failing with EMFILE for a while.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let log = proxy.log();
+        drop(held);
+        assert!(
+            !log.contains("backend state changed") && !log.contains("active backend switched"),
+            "a local fd shortage was blamed on the backends:\n{log}"
+        );
+        assert!(log.contains("health check skipped"), "checks never hit the fd limit:\n{log}");
+        eventually_async(Duration::from_secs(10), || async {
+            greeting(listen).await.ok().as_deref() == Some("primary")
+        })
+        .await;
+    })
+    .await;
+}
+
+/// Ephemeral ports used up (all reserved, in a network namespace of the
+/// test's own): client connects to the backends fail with EADDRNOTAVAIL,
+/// and so do the checks; neither counts against a backend, so both stay
+/// up and the primary stays active. EPERM from a local firewall is sorted
+/// the same way (unit-tested in net.rs: no firewall rule makes connect(2)
+/// return EPERM for TCP here, a drop only times out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhausted_local_ports_count_against_no_backend() {
+    within(60, async {
+        let ns = Netns::new();
+        let primary_listener = ns.run(|| std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+        let backup_listener = ns.run(|| std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+        let listen = ns.run(|| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap());
+        let tokio_listener = |l: std::net::TcpListener| {
+            l.set_nonblocking(true).unwrap();
+            TcpListener::from_std(l).unwrap()
+        };
+        let primary = GreetBackend::serve(tokio_listener(primary_listener), "primary");
+        let backup = GreetBackend::serve(tokio_listener(backup_listener), "backup");
+        let dir = TempDir::new("eaddrnotavail");
+        let socket = dir.path("ctl.sock");
+        let text = format!(
+            "[admin]\nsocket = \"{}\"\n{}",
+            socket.display(),
+            service_config(
+                &listen.to_string(),
+                "check_interval = \"200ms\"\ncheck_timeout = \"200ms\"\nfall = 2\npassive_errors = 1",
+                &[("primary", primary.addr), ("backup", backup.addr)],
+            )
+        );
+        let config = dir.write("failoverd.toml", &text);
+        let ip = tool("ip", "iproute2");
+        let prefix = [ip.to_str().unwrap(), "netns", "exec", ns.name.as_str()];
+        let proxy = Failoverd::spawn(&dir, &config, &prefix);
+        proxy.wait_control(&socket).await;
+        let mut local_port = 20000;
+        let mut ns_greeting = |ns: &Netns| {
+            local_port += 1;
+            let port = local_port;
+            let stream = ns.run(move || connect_from(port, listen));
+            async move {
+                let stream = TcpStream::from_std(stream?)?;
+                read_line(stream).await
+            }
+        };
+        assert_eq!(ns_greeting(&ns).await.unwrap(), "primary");
+
+        ns.sysctl("net.ipv4.ip_local_reserved_ports", "1024-65535");
+        for _ in 0..5 {
+            let answer = ns_greeting(&ns).await;
+            assert!(answer.is_err(), "served without a free local port? {answer:?}");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let status = proxy.ctl(&socket, &["status", "--json"]).await;
+        ns.sysctl("net.ipv4.ip_local_reserved_ports", "");
+        let text = String::from_utf8_lossy(&status.stdout).into_owned();
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        let service = &json["services"][0];
+        assert_eq!(service["active"], "primary", "{text}\nlog:\n{}", proxy.log());
+        for backend in service["backends"].as_array().unwrap() {
+            assert_eq!(backend["state"], "up", "{text}");
+            assert_eq!(backend["consecutive_failures"], 0, "{text}");
+        }
+        let log = proxy.log();
+        assert!(log.contains("not counted against it"), "{log}");
+        assert!(log.contains("health check skipped"), "{log}");
+        assert_eq!(ns_greeting(&ns).await.unwrap(), "primary");
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------
 // Defect 9: the admin inputs are bounded.
 // ---------------------------------------------------------------------
 
@@ -1004,9 +1129,29 @@ mod support {
         }
     }
 
+    /// Poll an async `cond` until it holds; fail after `limit`.
+    pub async fn eventually_async<F, Fut>(limit: Duration, mut cond: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = bool>,
+    {
+        let started = Instant::now();
+        while !cond().await {
+            assert!(
+                started.elapsed() < limit,
+                "condition not met within {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Connect and read the greeting line: who answered.
     pub async fn greeting(addr: SocketAddr) -> std::io::Result<String> {
-        let mut stream = TcpStream::connect(addr).await?;
+        read_line(TcpStream::connect(addr).await?).await
+    }
+
+    /// Read one line (bounded by 10 s); EOF before it is an error.
+    pub async fn read_line(mut stream: TcpStream) -> std::io::Result<String> {
         let mut line = Vec::new();
         let mut byte = [0u8; 1];
         loop {
@@ -1211,6 +1356,84 @@ mod support {
             };
             let _ = command.args(args).output();
         }
+    }
+
+    /// A blocking connect to `to` from 127.0.0.1:`port` (no ephemeral port
+    /// needed); the stream is non-blocking, ready for tokio.
+    pub fn connect_from(port: u16, to: SocketAddr) -> std::io::Result<std::net::TcpStream> {
+        use socket2::{Domain, Socket, Type};
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+        socket.set_reuse_address(true)?;
+        socket.bind(&SocketAddr::from(([127, 0, 0, 1], port)).into())?;
+        socket.connect_timeout(&to.into(), Duration::from_secs(5))?;
+        socket.set_nonblocking(true)?;
+        Ok(socket.into())
+    }
+
+    /// A network namespace of the test's own with loopback up, deleted on
+    /// drop (drop the processes in it first).
+    pub struct Netns {
+        pub name: String,
+        ip: PathBuf,
+    }
+
+    impl Netns {
+        pub fn new() -> Netns {
+            static N: AtomicUsize = AtomicUsize::new(0);
+            let name = format!(
+                "failoverd-hb-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            );
+            let ip = tool("ip", "iproute2");
+            run(&ip, &["netns", "add", &name]);
+            let ns = Netns { name, ip };
+            run(&ns.ip, &["-n", &ns.name, "link", "set", "lo", "up"]);
+            ns
+        }
+
+        pub fn sysctl(&self, key: &str, value: &str) {
+            let setting = format!("{key}={value}");
+            run(
+                &self.ip,
+                &["netns", "exec", &self.name, "sysctl", "-q", "-w", &setting],
+            );
+        }
+
+        /// Run `f` on a thread inside the namespace: sockets it creates
+        /// belong to the namespace wherever they are used afterwards.
+        pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+            let path = Path::new("/run/netns").join(&self.name);
+            std::thread::scope(|scope| {
+                scope
+                    .spawn(move || {
+                        let ns = std::fs::File::open(&path).expect("open the namespace");
+                        enter_netns(&ns);
+                        f()
+                    })
+                    .join()
+                    .expect("namespace thread")
+            })
+        }
+    }
+
+    impl Drop for Netns {
+        fn drop(&mut self) {
+            let _ = Command::new(&self.ip)
+                .args(["netns", "del", &self.name])
+                .output();
+        }
+    }
+
+    /// Move this thread (only) into the network namespace `ns`.
+    #[allow(unsafe_code)]
+    fn enter_netns(ns: &std::fs::File) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: setns(2) takes an open namespace fd, borrowed for the
+        // call, and a flag; it changes only the calling thread, a scoped
+        // thread of `Netns::run` that ends when `f` returns.
+        let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
     }
 
     /// Write everything, then half-close; errors end it quietly.

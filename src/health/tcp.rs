@@ -54,6 +54,27 @@ pub enum ProbeError {
     },
     /// The backend closed the connection before sending anything.
     Closed,
+    /// This host failed, not the backend (out of fds or memory, no free
+    /// local port, a local firewall): no result, see [`net::is_local_error`].
+    Local(std::io::Error),
+}
+
+impl ProbeError {
+    /// Sort an I/O error of a probe step: a local one is no result.
+    fn io(step: fn(std::io::Error) -> ProbeError) -> impl Fn(std::io::Error) -> ProbeError {
+        move |err| {
+            if net::is_local_error(&err) {
+                ProbeError::Local(err)
+            } else {
+                step(err)
+            }
+        }
+    }
+
+    /// True when the probe says nothing about the backend.
+    pub fn is_local(&self) -> bool {
+        matches!(self, ProbeError::Local(_))
+    }
 }
 
 /// How many received bytes a [`ProbeError::Mismatch`] keeps for the log.
@@ -81,6 +102,10 @@ impl fmt::Display for ProbeError {
             ProbeError::Closed => f.write_str(
                 "backend closed the connection without a reply; check check_send and check_expect",
             ),
+            ProbeError::Local(err) => write!(
+                f,
+                "no result, this host failed: {err}; check open-file limits, memory, local ports and firewall"
+            ),
         }
     }
 }
@@ -88,7 +113,10 @@ impl fmt::Display for ProbeError {
 impl std::error::Error for ProbeError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            ProbeError::Connect(err) | ProbeError::Send(err) | ProbeError::Recv(err) => Some(err),
+            ProbeError::Connect(err)
+            | ProbeError::Send(err)
+            | ProbeError::Recv(err)
+            | ProbeError::Local(err) => Some(err),
             _ => None,
         }
     }
@@ -134,18 +162,21 @@ pub async fn probe_and_resolve(
     let addrs: Vec<SocketAddr> = timeout_at(deadline, net::resolve(address))
         .await
         .map_err(within(ProbeStage::Resolve))?
-        .map_err(|err| ProbeError::Resolve(format!("{address}: {err}")))?
+        .map_err(|err| match net::is_resource_error(&err) {
+            true => ProbeError::Local(err),
+            false => ProbeError::Resolve(format!("{address}: {err}")),
+        })?
         .collect();
     resolved(&addrs);
     let mut stream = timeout_at(deadline, net::connect_first(addrs.into_iter()))
         .await
         .map_err(within(ProbeStage::Connect))?
-        .map_err(ProbeError::Connect)?;
+        .map_err(ProbeError::io(ProbeError::Connect))?;
     if !send.is_empty() {
         timeout_at(deadline, stream.write_all(send))
             .await
             .map_err(within(ProbeStage::Send))?
-            .map_err(ProbeError::Send)?;
+            .map_err(ProbeError::io(ProbeError::Send))?;
     }
     if !expect.is_empty() {
         timeout_at(deadline, read_expected(&mut stream, expect))
@@ -165,7 +196,7 @@ async fn read_expected(stream: &mut TcpStream, expect: &[u8]) -> Result<(), Prob
         let n = stream
             .read(&mut buf[..want])
             .await
-            .map_err(ProbeError::Recv)?;
+            .map_err(ProbeError::io(ProbeError::Recv))?;
         if n == 0 {
             break;
         }
