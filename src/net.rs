@@ -105,17 +105,36 @@ pub async fn connect(
     }
 }
 
-/// A backend's addresses: the literal one (no lookup, no allocation), or
-/// what its hostname resolves to now. Only health checks call it.
-pub async fn resolve(address: &BackendAddress) -> io::Result<impl Iterator<Item = SocketAddr>> {
-    let (literal, resolved) = match address {
-        BackendAddress::Ip(addr) => (Some(*addr), None),
-        BackendAddress::Host { host, port } => (
-            None,
-            Some(tokio::net::lookup_host((host.as_str(), *port)).await?),
-        ),
-    };
-    Ok(literal.into_iter().chain(resolved.into_iter().flatten()))
+/// Resolves one backend's address for its health checks, with at most one
+/// lookup in flight: a getaddrinfo that outlives its check (a DNS server
+/// that does not answer) is awaited again by the next check instead of
+/// starting another, so a DNS outage never grows the blocking pool.
+#[derive(Default)]
+pub struct Lookup {
+    pending: Option<tokio::task::JoinHandle<io::Result<Vec<SocketAddr>>>>,
+}
+
+impl Lookup {
+    /// The literal address (no lookup), or what the hostname resolves to
+    /// now. Cancel-safe: dropped mid-way, the lookup goes on for the next
+    /// call.
+    pub async fn resolve(&mut self, address: &BackendAddress) -> io::Result<Vec<SocketAddr>> {
+        let (host, port) = match address {
+            BackendAddress::Ip(addr) => return Ok(vec![*addr]),
+            BackendAddress::Host { host, port } => (host.clone(), *port),
+        };
+        let lookup = self.pending.get_or_insert_with(|| {
+            tokio::task::spawn_blocking(move || {
+                use std::net::ToSocketAddrs;
+                (host.as_str(), port)
+                    .to_socket_addrs()
+                    .map(Iterator::collect)
+            })
+        });
+        let result = lookup.await;
+        self.pending = None;
+        result.map_err(|err| io::Error::other(format!("lookup task failed: {err}")))?
+    }
 }
 
 /// Connect to the first of `addrs` that accepts; the last error otherwise.
@@ -201,6 +220,37 @@ mod tests {
         bind_std(addr, true, false).expect("IP_FREEBIND lets it bind");
         let addr6: SocketAddr = "[2001:db8::77]:0".parse().unwrap();
         bind_std(addr6, true, false).expect("IPV6_FREEBIND lets it bind");
+    }
+
+    /// A lookup cut off by its check's deadline is not started again: the
+    /// next check awaits the same one.
+    #[tokio::test]
+    async fn a_lookup_outliving_its_check_is_reused_by_the_next() {
+        let mut lookup = Lookup::default();
+        let localhost = BackendAddress::Host {
+            host: "localhost".into(),
+            port: 80,
+        };
+        // Polled once, then dropped: the getaddrinfo thread cannot have
+        // answered within that one poll.
+        let cut = tokio::select! {
+            biased;
+            _ = lookup.resolve(&localhost) => false,
+            () = std::future::ready(()) => true,
+        };
+        assert!(cut, "the first lookup answered within one poll");
+        assert!(lookup.pending.is_some(), "the cut-off lookup is kept");
+        let addrs = lookup.resolve(&localhost).await.unwrap();
+        assert!(
+            addrs.iter().all(|a| a.port() == 80 && a.ip().is_loopback()),
+            "{addrs:?}"
+        );
+        assert!(lookup.pending.is_none());
+        let ip: SocketAddr = "127.0.0.1:5".parse().unwrap();
+        assert_eq!(
+            lookup.resolve(&BackendAddress::Ip(ip)).await.unwrap(),
+            vec![ip]
+        );
     }
 
     #[test]

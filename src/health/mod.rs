@@ -16,6 +16,7 @@ use tokio::time::sleep_until;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
+use crate::net;
 use crate::ratelimit::LogLimit;
 use crate::service::{Backend, Event};
 
@@ -31,10 +32,11 @@ pub async fn check_loop(
     seed: u64,
 ) {
     let mut round: u64 = 0;
+    let mut lookup = net::Lookup::default();
     loop {
         let started = Instant::now();
         let result = tokio::select! {
-            result = probe(&backend, &settings) => result,
+            result = probe(&backend, &mut lookup, &settings) => result,
             _ = stop.cancelled() => return,
         };
         round += 1;
@@ -93,10 +95,15 @@ fn report(
 /// One probe of `backend`; a hostname's good resolution is cached for the
 /// data path on the way (a failed lookup keeps the last one, and fails the
 /// check).
-async fn probe(backend: &Backend, settings: &Settings) -> Result<(), tcp::ProbeError> {
+async fn probe(
+    backend: &Backend,
+    lookup: &mut net::Lookup,
+    settings: &Settings,
+) -> Result<(), tcp::ProbeError> {
     let cache = |addrs: &[std::net::SocketAddr]| backend.set_addresses(addrs);
     probe_and_resolve(
         &backend.address,
+        lookup,
         settings.check_timeout,
         &settings.check_send,
         &settings.check_expect,

@@ -136,13 +136,15 @@ pub async fn probe(
     send: &[u8],
     expect: &[u8],
 ) -> Result<(), ProbeError> {
-    probe_and_resolve(address, timeout, send, expect, |_| {}).await
+    let mut lookup = net::Lookup::default();
+    probe_and_resolve(address, &mut lookup, timeout, send, expect, |_| {}).await
 }
 
 /// As [`probe`], handing a good resolution to `resolved` before the
 /// connect (the check loop caches it for the data path).
 pub async fn probe_and_resolve(
     address: &BackendAddress,
+    lookup: &mut net::Lookup,
     timeout: Duration,
     send: &[u8],
     expect: &[u8],
@@ -159,14 +161,13 @@ pub async fn probe_and_resolve(
         }
     };
 
-    let addrs: Vec<SocketAddr> = timeout_at(deadline, net::resolve(address))
+    let addrs: Vec<SocketAddr> = timeout_at(deadline, lookup.resolve(address))
         .await
         .map_err(within(ProbeStage::Resolve))?
         .map_err(|err| match net::is_resource_error(&err) {
             true => ProbeError::Local(err),
             false => ProbeError::Resolve(format!("{address}: {err}")),
-        })?
-        .collect();
+        })?;
     resolved(&addrs);
     let mut stream = timeout_at(deadline, net::connect_first(addrs.into_iter()))
         .await
