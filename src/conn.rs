@@ -37,7 +37,7 @@ pub async fn handle(
         // Taken before connecting, so a switch during the connect still
         // closes this connection.
         let close = backend.close_token();
-        match net::connect(&backend.address, settings.connect_timeout).await {
+        match net::connect(backend.addresses(), settings.connect_timeout).await {
             Ok(upstream) => {
                 backend.record_connect_ok();
                 if let Err(err) = net::tune(&upstream) {
@@ -63,6 +63,19 @@ pub async fn handle(
                     warn!(service = %service.name, id, error = %err, suppressed, "no resources to connect, closing client");
                 }
                 break;
+            }
+            Err(err) if net::is_local_error(&err) => {
+                // No free local port, or a local firewall: this host's
+                // fault, never counted against the backend; the next
+                // backend may still be reachable.
+                static LIMIT: LogLimit = LogLimit::new();
+                if let Some(suppressed) = LIMIT.check() {
+                    warn!(
+                        service = %service.name, id, backend = %backend.name,
+                        address = %backend.address, error = %err, suppressed,
+                        "local error connecting to backend, not counted against it"
+                    );
+                }
             }
             Err(err) => {
                 if let Some(suppressed) = backend.connect_error_log.check() {

@@ -8,20 +8,25 @@
 //! line each way: `{"cmd":"status"}`, `{"cmd":"disable","service":S,
 //! "backend":B}`, `{"cmd":"enable",...}`, `{"cmd":"reload"}`; the answer is
 //! `{"ok":true,...}` or `{"ok":false,"error":"..."}`. `failoverd ctl` is the
-//! client. This module does no forwarding and makes no failover decision.
+//! client. Lines, idle time, open connections and `ctl`'s wait are bounded
+//! (`CONTROL_*`, [`CTL_TIMEOUT`]). This module does no forwarding and makes no failover decision.
 
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::OwnedReadHalf;
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config;
+use crate::conncap::{Admitted, ConnectionCap};
 use crate::metrics as m;
 use crate::proxy::{Proxy, Status};
 
@@ -126,10 +131,38 @@ pub async fn run_signals(
     info!(closed_by_force = forced, "shutdown complete");
 }
 
-/// Create the control socket: a stale file from a crashed run is replaced,
-/// a live socket is not stolen.
+/// Longest request line the control socket reads; a longer one is
+/// answered with an error and the connection closed.
+pub const CONTROL_MAX_LINE_BYTES: usize = 64 * 1024;
+
+/// A control connection that sends no complete line for this long is
+/// closed (`ctl` sends its request at once).
+pub const CONTROL_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Open control connections at most; a new one closes the oldest idle one.
+pub const CONTROL_MAX_CONNECTIONS: usize = 16;
+
+/// How long `ctl` waits for the running instance to answer.
+pub const CTL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The control socket's mode: owner only.
+const SOCKET_MODE: u32 = 0o600;
+
+/// Create the control socket, mode 0600 from the moment it exists: a stale
+/// socket from a crashed run is replaced, a live one is not stolen, and a
+/// path that is not a socket is never removed.
 pub async fn bind(path: &Path) -> io::Result<UnixListener> {
-    if path.exists() {
+    use std::os::unix::fs::FileTypeExt;
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!(
+                    "{} exists and is not a socket; remove it or set admin.socket to another path",
+                    path.display()
+                ),
+            ));
+        }
         if UnixStream::connect(path).await.is_ok() {
             return Err(io::Error::new(
                 io::ErrorKind::AddrInUse,
@@ -144,9 +177,29 @@ pub async fn bind(path: &Path) -> io::Result<UnixListener> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
+    let listener = bind_private(path)?;
+    UnixListener::from_std(listener)
+}
+
+/// Bind a Unix socket whose file is created with [`SOCKET_MODE`] (minus
+/// the umask): Linux gives the new file the mode of the socket itself, so
+/// the socket is fchmod-ed before bind and the file is never open to
+/// others, not even for a moment (a chmod after bind would leave a window,
+/// and changing the process-wide umask would race other threads).
+fn bind_private(path: &Path) -> io::Result<std::os::unix::net::UnixListener> {
+    use socket2::{Domain, SockAddr, Socket, Type};
+    use std::os::fd::OwnedFd;
+    let socket = Socket::new(Domain::UNIX, Type::STREAM.cloexec(), None)?;
+    // fchmod(2) through File, which needs no unsafe code.
+    let file = std::fs::File::from(OwnedFd::from(socket));
+    file.set_permissions(std::fs::Permissions::from_mode(SOCKET_MODE))?;
+    let socket = Socket::from(OwnedFd::from(file));
+    socket.bind(&SockAddr::unix(path)?)?;
+    // Belt and braces on systems that ignore the socket's mode at bind.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE))?;
+    socket.listen(128)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
 }
 
 /// Serve the control socket until `stop`, then remove the file.
@@ -156,6 +209,7 @@ pub async fn serve(
     proxy: Arc<Proxy>,
     stop: CancellationToken,
 ) {
+    let mut cap = ConnectionCap::new(CONTROL_MAX_CONNECTIONS);
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -163,7 +217,8 @@ pub async fn serve(
         };
         match accepted {
             Ok((stream, _)) => {
-                tokio::spawn(answer(stream, Arc::clone(&proxy)));
+                let admitted = cap.admit();
+                tokio::spawn(answer(stream, Arc::clone(&proxy), admitted));
             }
             Err(err) => {
                 warn!(error = %err, "control socket accept failed");
@@ -174,19 +229,71 @@ pub async fn serve(
     let _ = std::fs::remove_file(&path);
 }
 
-async fn answer(stream: UnixStream, proxy: Arc<Proxy>) {
+/// Why a control connection stopped reading.
+enum LineEnd {
+    Line(Vec<u8>),
+    Closed,
+    TooLong,
+}
+
+/// Answer requests, one line each, until the client closes, idles for
+/// [`CONTROL_IDLE_TIMEOUT`], sends a line past [`CONTROL_MAX_LINE_BYTES`],
+/// or a newer connection evicts this one while it waits for a line (a
+/// request being executed always finishes).
+async fn answer(stream: UnixStream, proxy: Arc<Proxy>, admitted: Admitted) {
+    let _done = admitted.done;
     let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(read).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        let response = match serde_json::from_str::<Request>(&line) {
-            Ok(request) => execute(&proxy, request).await,
-            Err(err) => Response::error(format!("bad request: {err}")),
+    let mut reader = BufReader::new(read);
+    loop {
+        let line = tokio::select! {
+            line = tokio::time::timeout(CONTROL_IDLE_TIMEOUT, read_line(&mut reader)) => line,
+            _ = admitted.evicted.cancelled() => return,
+        };
+        // `last`: answer, then close (the rest of the line is not read).
+        let (response, last) = match line {
+            Err(_) | Ok(Ok(LineEnd::Closed)) | Ok(Err(_)) => return,
+            Ok(Ok(LineEnd::TooLong)) => (
+                Response::error(format!(
+                    "request line longer than {} KiB; send one JSON object per line",
+                    CONTROL_MAX_LINE_BYTES / 1024
+                )),
+                true,
+            ),
+            Ok(Ok(LineEnd::Line(line))) => match serde_json::from_slice::<Request>(&line) {
+                Ok(request) => (execute(&proxy, request).await, false),
+                Err(err) => (Response::error(format!("bad request: {err}")), false),
+            },
         };
         let mut text = serde_json::to_string(&response).unwrap_or_else(|_| "{\"ok\":false}".into());
         text.push('\n');
-        if write.write_all(text.as_bytes()).await.is_err() {
+        let written =
+            tokio::time::timeout(CONTROL_IDLE_TIMEOUT, write.write_all(text.as_bytes())).await;
+        if last || !matches!(written, Ok(Ok(()))) {
             return;
         }
+    }
+}
+
+/// Read one line of at most [`CONTROL_MAX_LINE_BYTES`].
+async fn read_line(reader: &mut BufReader<OwnedReadHalf>) -> io::Result<LineEnd> {
+    let mut line = Vec::new();
+    let limit = CONTROL_MAX_LINE_BYTES as u64 + 1;
+    let n = (&mut *reader)
+        .take(limit)
+        .read_until(b'\n', &mut line)
+        .await?;
+    if n == 0 {
+        return Ok(LineEnd::Closed);
+    }
+    if line.last() == Some(&b'\n') {
+        line.pop();
+        return Ok(LineEnd::Line(line));
+    }
+    if line.len() > CONTROL_MAX_LINE_BYTES {
+        Ok(LineEnd::TooLong)
+    } else {
+        // EOF inside a line: take what came, as a line.
+        Ok(LineEnd::Line(line))
     }
 }
 
@@ -214,8 +321,24 @@ async fn set_enabled(proxy: &Proxy, service: &str, backend: &str, enabled: bool)
     }
 }
 
-/// The client side: send one request, read one answer.
+/// The client side: send one request, read one answer, within
+/// [`CTL_TIMEOUT`].
 pub async fn request(path: &Path, request: &Request) -> io::Result<Response> {
+    tokio::time::timeout(CTL_TIMEOUT, exchange(path, request))
+        .await
+        .map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "no answer from control socket {} within {}s; is failoverd stuck?",
+                    path.display(),
+                    CTL_TIMEOUT.as_secs()
+                ),
+            )
+        })?
+}
+
+async fn exchange(path: &Path, request: &Request) -> io::Result<Response> {
     let stream = UnixStream::connect(path).await.map_err(|e| {
         io::Error::new(
             e.kind(),

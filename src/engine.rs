@@ -98,6 +98,7 @@ pub fn start(
         stop: stop.clone(),
         chosen: Cell::new(active.is_some()),
         dns,
+        notifier: notify::Notifier::start(notify::NOTIFY_TIME_LIMIT),
     };
     engine.publish_dns();
     engine.spawn_checks();
@@ -119,6 +120,8 @@ struct Engine {
     chosen: Cell<bool>,
     /// What DNS should hold: the active backend's `publish` address.
     dns: watch::Sender<Option<Publish>>,
+    /// Runs `notify` for this service, one run at a time.
+    notifier: notify::Notifier,
 }
 
 impl Engine {
@@ -340,14 +343,13 @@ impl Engine {
             }
         }
         if !settings.notify.is_empty() {
-            notify::spawn_notify(
-                &settings.notify,
-                &self.service.name,
-                from.as_deref(),
-                to.as_deref(),
-                reason.as_str(),
-                notify::NOTIFY_TIME_LIMIT,
-            );
+            self.notifier.notify(notify::Switch {
+                command: settings.notify.clone(),
+                service: self.service.name.clone(),
+                from,
+                to,
+                reason: reason.as_str().to_owned(),
+            });
         }
     }
 

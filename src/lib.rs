@@ -9,6 +9,7 @@
 //! bottom to top and no two modules import each other.
 //!
 //! ```text
+//! layer 0  conncap     a cap on admin connections (the oldest is evicted)
 //! layer 1  config/     model, raw serde, validate, durations, addresses, TSIG keys, summary
 //!          metrics     every metric name as a const, the recorder, /metrics
 //!          ratelimit   one log line a second for error floods
@@ -38,6 +39,7 @@
 pub mod cluster;
 pub mod config;
 mod conn;
+mod conncap;
 pub mod control;
 pub mod demo;
 pub mod dns;

@@ -11,6 +11,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use crate::conncap::ConnectionCap;
+
 pub const CONNECTIONS_TOTAL: &str = "failoverd_connections_total";
 pub const CONNECTIONS_ACTIVE: &str = "failoverd_connections_active";
 pub const CONNECT_ERRORS_TOTAL: &str = "failoverd_connect_errors_total";
@@ -137,6 +139,7 @@ pub async fn serve(listener: TcpListener, handle: PrometheusHandle, stop: Cancel
             }
         }
     });
+    let mut cap = ConnectionCap::new(METRICS_MAX_CONNECTIONS);
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -145,8 +148,13 @@ pub async fn serve(listener: TcpListener, handle: PrometheusHandle, stop: Cancel
         match accepted {
             Ok((stream, _)) => {
                 let handle = handle.clone();
+                let admitted = cap.admit();
                 tokio::spawn(async move {
-                    let _ = tokio::time::timeout(SCRAPE_TIMEOUT, answer(stream, &handle)).await;
+                    let _done = admitted.done;
+                    tokio::select! {
+                        _ = tokio::time::timeout(SCRAPE_TIMEOUT, answer(stream, &handle)) => {}
+                        _ = admitted.evicted.cancelled() => {}
+                    }
                 });
             }
             Err(err) => {
@@ -160,17 +168,32 @@ pub async fn serve(listener: TcpListener, handle: PrometheusHandle, stop: Cancel
 /// A scrape that has not finished in this long is dropped.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A connection that has not sent its request head in this long is closed
+/// (a scraper sends it at once).
+pub const METRICS_READ_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Open `/metrics` connections at most; a new one closes the oldest, so
+/// idle connections cannot lock a scraper out (this listener shares the
+/// runtime of the engines and checks).
+pub const METRICS_MAX_CONNECTIONS: usize = 64;
+
 async fn answer(mut stream: TcpStream, handle: &PrometheusHandle) -> std::io::Result<()> {
     let mut request = Vec::with_capacity(1024);
     let mut buf = [0u8; 1024];
-    // Read the request head (up to 8 KiB).
-    while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
-        let n = stream.read(&mut buf).await?;
-        if n == 0 {
-            break;
+    // Read the request head (up to 8 KiB), bounded in time.
+    let head = async {
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
+            let n = stream.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            request.extend_from_slice(&buf[..n]);
         }
-        request.extend_from_slice(&buf[..n]);
-    }
+        Ok::<_, std::io::Error>(())
+    };
+    tokio::time::timeout(METRICS_READ_TIMEOUT, head)
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
     let line = request.split(|&b| b == b'\r').next().unwrap_or_default();
     let mut parts = line.split(|&b| b == b' ');
     let (method, path) = (parts.next(), parts.next());

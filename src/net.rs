@@ -4,8 +4,10 @@
 //!
 //! Nothing here knows about services, health or failover.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
@@ -23,6 +25,15 @@ pub const LISTEN_BACKLOG: i32 = 4096;
 pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 pub const KEEPALIVE_RETRIES: u32 = 6;
+
+/// TCP_USER_TIMEOUT on a backend socket: a backend that leaves sent data
+/// unacknowledged this long is given up (ETIMEDOUT) instead of after the
+/// ~15 minutes of `tcp_retries2`. 30 s is far beyond the retransmission
+/// back-off of a live but congested path, and well inside keepalive's
+/// 120 s (which it also shortens: with unanswered probes a dead idle
+/// backend is dropped after 70 s). Client sockets keep the kernel default,
+/// since clients may sit behind slow links.
+pub const BACKEND_USER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Bind a non-blocking listening socket, not yet tied to a runtime (each
 /// worker registers its own). `reuseport` lets one socket per worker share
@@ -55,9 +66,14 @@ pub fn bind_std(
     Ok(socket.into())
 }
 
-/// TCP_NODELAY and keepalive on a connected stream.
+/// TCP_NODELAY, keepalive and [`BACKEND_USER_TIMEOUT`] on a connected
+/// backend stream.
 pub fn tune(stream: &TcpStream) -> io::Result<()> {
-    tune_socket(SockRef::from(stream))
+    let socket = SockRef::from(stream);
+    tune_socket(socket)?;
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    SockRef::from(stream).set_tcp_user_timeout(Some(BACKEND_USER_TIMEOUT))?;
+    Ok(())
 }
 
 /// TCP_NODELAY and keepalive on any TCP socket. Set on a listener, Linux
@@ -72,10 +88,14 @@ pub fn tune_socket(socket: SockRef<'_>) -> io::Result<()> {
     socket.set_tcp_keepalive(&keepalive)
 }
 
-/// Connect to a backend within `timeout`; a hostname is resolved now and
-/// each of its addresses tried in turn within the same deadline.
-pub async fn connect(address: &BackendAddress, timeout: Duration) -> io::Result<TcpStream> {
-    let attempt = async { connect_first(resolve(address).await?).await };
+/// Connect to a backend within `timeout`: to the first of the addresses
+/// `addrs` yields that accepts (the data path's cached addresses; nothing
+/// is resolved here).
+pub async fn connect(
+    addrs: impl Future<Output = Arc<Vec<SocketAddr>>>,
+    timeout: Duration,
+) -> io::Result<TcpStream> {
+    let attempt = async { connect_first(addrs.await.iter().copied()).await };
     match tokio::time::timeout(timeout, attempt).await {
         Ok(result) => result,
         Err(_) => Err(io::Error::new(
@@ -85,17 +105,36 @@ pub async fn connect(address: &BackendAddress, timeout: Duration) -> io::Result<
     }
 }
 
-/// A backend's addresses: the literal one (no lookup, no allocation), or
-/// what its hostname resolves to now. Shared by connects and health checks.
-pub async fn resolve(address: &BackendAddress) -> io::Result<impl Iterator<Item = SocketAddr>> {
-    let (literal, resolved) = match address {
-        BackendAddress::Ip(addr) => (Some(*addr), None),
-        BackendAddress::Host { host, port } => (
-            None,
-            Some(tokio::net::lookup_host((host.as_str(), *port)).await?),
-        ),
-    };
-    Ok(literal.into_iter().chain(resolved.into_iter().flatten()))
+/// Resolves one backend's address for its health checks, with at most one
+/// lookup in flight: a getaddrinfo that outlives its check (a DNS server
+/// that does not answer) is awaited again by the next check instead of
+/// starting another, so a DNS outage never grows the blocking pool.
+#[derive(Default)]
+pub struct Lookup {
+    pending: Option<tokio::task::JoinHandle<io::Result<Vec<SocketAddr>>>>,
+}
+
+impl Lookup {
+    /// The literal address (no lookup), or what the hostname resolves to
+    /// now. Cancel-safe: dropped mid-way, the lookup goes on for the next
+    /// call.
+    pub async fn resolve(&mut self, address: &BackendAddress) -> io::Result<Vec<SocketAddr>> {
+        let (host, port) = match address {
+            BackendAddress::Ip(addr) => return Ok(vec![*addr]),
+            BackendAddress::Host { host, port } => (host.clone(), *port),
+        };
+        let lookup = self.pending.get_or_insert_with(|| {
+            tokio::task::spawn_blocking(move || {
+                use std::net::ToSocketAddrs;
+                (host.as_str(), port)
+                    .to_socket_addrs()
+                    .map(Iterator::collect)
+            })
+        });
+        let result = lookup.await;
+        self.pending = None;
+        result.map_err(|err| io::Error::other(format!("lookup task failed: {err}")))?
+    }
 }
 
 /// Connect to the first of `addrs` that accepts; the last error otherwise.
@@ -119,6 +158,18 @@ pub fn is_resource_error(err: &io::Error) -> bool {
     )
 }
 
+/// Errors this host makes, not the backend: a resource error, no free
+/// local port (EADDRNOTAVAIL: the ephemeral range is used up), or a local
+/// firewall or security module refusing the connect (EPERM, EACCES). Such
+/// an error is no result: never a failed check, never a passive error.
+pub fn is_local_error(err: &io::Error) -> bool {
+    is_resource_error(err)
+        || matches!(
+            err.raw_os_error(),
+            Some(libc::EADDRNOTAVAIL | libc::EPERM | libc::EACCES)
+        )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,6 +191,24 @@ mod tests {
         assert_eq!(socket.tcp_keepalive_retries().unwrap(), KEEPALIVE_RETRIES);
     }
 
+    /// Backend sockets give up on a black-holed peer after
+    /// BACKEND_USER_TIMEOUT, not after ~15 minutes of retransmissions.
+    #[tokio::test]
+    async fn backend_sockets_get_a_tcp_user_timeout() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stream = connect(async { Arc::new(vec![addr]) }, Duration::from_secs(2))
+            .await
+            .unwrap();
+        tune(&stream).unwrap();
+        let socket = SockRef::from(&stream);
+        assert_eq!(
+            socket.tcp_user_timeout().unwrap(),
+            Some(BACKEND_USER_TIMEOUT)
+        );
+        assert!(socket.tcp_nodelay().unwrap());
+    }
+
     /// `freebind = true` binds an address this host does not have (yet):
     /// the floating IP before keepalived moves it here. Nothing is sent.
     #[test]
@@ -151,6 +220,76 @@ mod tests {
         bind_std(addr, true, false).expect("IP_FREEBIND lets it bind");
         let addr6: SocketAddr = "[2001:db8::77]:0".parse().unwrap();
         bind_std(addr6, true, false).expect("IPV6_FREEBIND lets it bind");
+    }
+
+    /// A lookup cut off by its check's deadline is not started again: the
+    /// next check awaits the same one.
+    #[tokio::test]
+    async fn a_lookup_outliving_its_check_is_reused_by_the_next() {
+        let mut lookup = Lookup::default();
+        let localhost = BackendAddress::Host {
+            host: "localhost".into(),
+            port: 80,
+        };
+        // Polled once, then dropped: the getaddrinfo thread cannot have
+        // answered within that one poll.
+        let cut = tokio::select! {
+            biased;
+            _ = lookup.resolve(&localhost) => false,
+            () = std::future::ready(()) => true,
+        };
+        assert!(cut, "the first lookup answered within one poll");
+        assert!(lookup.pending.is_some(), "the cut-off lookup is kept");
+        let addrs = lookup.resolve(&localhost).await.unwrap();
+        assert!(
+            addrs.iter().all(|a| a.port() == 80 && a.ip().is_loopback()),
+            "{addrs:?}"
+        );
+        assert!(lookup.pending.is_none());
+        let ip: SocketAddr = "127.0.0.1:5".parse().unwrap();
+        assert_eq!(
+            lookup.resolve(&BackendAddress::Ip(ip)).await.unwrap(),
+            vec![ip]
+        );
+    }
+
+    #[test]
+    fn local_errors_are_told_from_a_backends() {
+        let local = [
+            libc::EMFILE,
+            libc::ENFILE,
+            libc::ENOBUFS,
+            libc::ENOMEM,
+            libc::EADDRNOTAVAIL,
+            libc::EPERM,
+            libc::EACCES,
+        ];
+        for errno in local {
+            assert!(
+                is_local_error(&io::Error::from_raw_os_error(errno)),
+                "{errno}"
+            );
+        }
+        let remote = [
+            libc::ECONNREFUSED,
+            libc::ETIMEDOUT,
+            libc::EHOSTUNREACH,
+            libc::ENETUNREACH,
+            libc::ECONNRESET,
+        ];
+        for errno in remote {
+            assert!(
+                !is_local_error(&io::Error::from_raw_os_error(errno)),
+                "{errno}"
+            );
+        }
+        assert!(!is_local_error(&io::ErrorKind::TimedOut.into()));
+        assert!(is_resource_error(&io::Error::from_raw_os_error(
+            libc::EMFILE
+        )));
+        assert!(!is_resource_error(&io::Error::from_raw_os_error(
+            libc::EPERM
+        )));
     }
 
     #[test]

@@ -3,14 +3,16 @@
 //! variables (SPEC.md, Behaviour: notify).
 //!
 //! It must never delay the caller or the data path: the command runs in its
-//! own task, is killed after a time limit, and its failure is only logged.
-//! It does not decide anything and never retries.
+//! own task, one run at a time per service (later switches coalesce into
+//! the latest, see [`Notifier`]), is killed after a time limit, and its
+//! failure is only logged. It does not decide anything and never retries.
 
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// How long a notify command may run before it is killed (SPEC.md: 10 s).
@@ -23,17 +25,81 @@ const STDERR_KEEP_BYTES: usize = 1024;
 /// background grandchild may hold it open).
 const STDERR_GRACE: Duration = Duration::from_millis(100);
 
-/// Run the notify command for one switch, in the background: never blocks the caller.
-/// Env: FAILOVERD_SERVICE, FAILOVERD_FROM, FAILOVERD_TO (empty when none), FAILOVERD_REASON.
-/// Killed after `limit` (the proxy passes 10 s). Failure (spawn error, non-zero exit, killed)
-/// logged with tracing::warn! including service and command.
+/// One switch as the notify command sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Switch {
+    /// The program and its arguments (`settings.notify`).
+    pub command: Vec<String>,
+    pub service: String,
+    pub from: Option<String>,
+    /// `None` when no backend is up.
+    pub to: Option<String>,
+    pub reason: String,
+}
+
+/// One service's notify runs, one at a time and in order: a switch that
+/// comes while a run is in progress waits for it, and several waiting
+/// switches collapse into the latest one, so the last run always describes
+/// the last switch. Dropping the notifier stops it after the current run.
+pub struct Notifier {
+    latest: watch::Sender<Option<Switch>>,
+}
+
+impl Notifier {
+    /// Start the service's notify task (inside a tokio runtime); each run
+    /// is killed after `limit`.
+    pub fn start(limit: Duration) -> Notifier {
+        let (latest, mut next) = watch::channel(None::<Switch>);
+        tokio::spawn(async move {
+            while next.changed().await.is_ok() {
+                let switch = next.borrow_and_update().clone();
+                if let Some(switch) = switch {
+                    run_logged(&switch, limit).await;
+                }
+            }
+        });
+        Notifier { latest }
+    }
+
+    /// Queue a run for `switch`, replacing one still waiting; never blocks.
+    pub fn notify(&self, switch: Switch) {
+        self.latest.send_replace(Some(switch));
+    }
+}
+
+/// Run the command for one switch and log its failure (spawn error,
+/// non-zero exit, killed at `limit`) with the service and the command.
 ///
-/// `command[0]` is the program (looked up in `PATH`), the rest its arguments;
-/// no shell is involved. An empty `command` does nothing. stdin and stdout
-/// are `/dev/null`; the tail of stderr goes into the failure log line. At
-/// the limit its whole process group is killed. Must be called inside a
-/// tokio runtime.
-pub fn spawn_notify(
+/// `command[0]` is the program (looked up in `PATH`), the rest its
+/// arguments; no shell is involved. An empty `command` does nothing. The
+/// environment carries FAILOVERD_SERVICE, FAILOVERD_FROM, FAILOVERD_TO
+/// (empty when none) and FAILOVERD_REASON. stdin and stdout are
+/// `/dev/null`; the tail of stderr goes into the failure log line. At the
+/// limit its whole process group is killed.
+pub async fn run_logged(switch: &Switch, limit: Duration) {
+    if switch.command.is_empty() {
+        return;
+    }
+    let env = [
+        ("FAILOVERD_SERVICE", switch.service.clone()),
+        ("FAILOVERD_FROM", switch.from.clone().unwrap_or_default()),
+        ("FAILOVERD_TO", switch.to.clone().unwrap_or_default()),
+        ("FAILOVERD_REASON", switch.reason.clone()),
+    ];
+    if let Err(problem) = run(&switch.command, &env, limit).await {
+        tracing::warn!(
+            service = %switch.service,
+            command = ?switch.command,
+            reason = %switch.reason,
+            error = %problem,
+            "notify command failed"
+        );
+    }
+}
+
+/// One run in its own task (tests).
+#[cfg(test)]
+fn spawn_notify(
     command: &[String],
     service: &str,
     from: Option<&str>,
@@ -41,29 +107,14 @@ pub fn spawn_notify(
     reason: &str,
     limit: Duration,
 ) -> JoinHandle<()> {
-    let command = command.to_vec();
-    let env = [
-        ("FAILOVERD_SERVICE", service.to_owned()),
-        ("FAILOVERD_FROM", from.unwrap_or_default().to_owned()),
-        ("FAILOVERD_TO", to.unwrap_or_default().to_owned()),
-        ("FAILOVERD_REASON", reason.to_owned()),
-    ];
-    let service = service.to_owned();
-    let reason = reason.to_owned();
-    tokio::spawn(async move {
-        if command.is_empty() {
-            return;
-        }
-        if let Err(problem) = run(&command, &env, limit).await {
-            tracing::warn!(
-                service = %service,
-                command = ?command,
-                reason = %reason,
-                error = %problem,
-                "notify command failed"
-            );
-        }
-    })
+    let switch = Switch {
+        command: command.to_vec(),
+        service: service.to_owned(),
+        from: from.map(str::to_owned),
+        to: to.map(str::to_owned),
+        reason: reason.to_owned(),
+    };
+    tokio::spawn(async move { run_logged(&switch, limit).await })
 }
 
 /// Run the command to completion or until `limit`; `Err` describes a failure.
@@ -94,7 +145,7 @@ async fn run(command: &[String], env: &[(&str, String)], limit: Duration) -> Res
         Ok(Err(err)) => return Err(format!("waiting for it failed: {err}")),
         Err(_elapsed) => {
             if let Some(pid) = child.id() {
-                kill_group(pid).await;
+                kill_group(pid);
             }
             // kill() also reaps the child, so no zombie is left behind.
             let killed = child.kill().await;
@@ -116,16 +167,19 @@ async fn run(command: &[String], env: &[(&str, String)], limit: Duration) -> Res
     Err(describe(status, &tail))
 }
 
-/// SIGKILL the command's process group (its pid, see `process_group(0)`)
-/// through kill(1), which keeps this crate's `unsafe` in the splice module.
-async fn kill_group(pid: u32) {
-    let _ = Command::new("kill")
-        .args(["-KILL", "--", &format!("-{pid}")])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .await;
+/// SIGKILL the command's process group (its pid, see `process_group(0)`).
+/// The child is not reaped yet, so its pid, the group's id, cannot have
+/// been reused by another process.
+#[allow(unsafe_code)]
+fn kill_group(pid: u32) {
+    let Ok(group) = libc::pid_t::try_from(pid) else {
+        return;
+    };
+    // SAFETY: killpg(2) takes two integers and touches no memory of ours;
+    // a failure (the group is already gone) is harmless and ignored.
+    unsafe {
+        libc::killpg(group, libc::SIGKILL);
+    }
 }
 
 fn describe(status: ExitStatus, stderr: &str) -> String {
@@ -253,6 +307,48 @@ mod tests {
         assert_eq!(
             std::fs::read_to_string(&out.0).unwrap(),
             "db|standby||passive"
+        );
+    }
+
+    /// Five switches while a slow run is in progress: runs never overlap
+    /// and the last run describes the last switch.
+    #[tokio::test]
+    async fn notifier_runs_one_at_a_time_and_ends_with_the_latest_switch() {
+        let dir = TempPath::new("serial");
+        std::fs::create_dir_all(&dir.0).unwrap();
+        let script = r#"mkdir "$1/lock" 2>/dev/null || echo OVERLAP >> "$1/runs"
+echo "start $FAILOVERD_TO" >> "$1/runs"; sleep 0.3; echo end >> "$1/runs"; rmdir "$1/lock""#;
+        let notifier = Notifier::start(NOTIFY_TIME_LIMIT);
+        for i in 1..=5 {
+            notifier.notify(Switch {
+                command: sh(script, &[&dir.arg()]),
+                service: "db".into(),
+                from: None,
+                to: Some(format!("b{i}")),
+                reason: "health_check".into(),
+            });
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let runs = dir.0.join("runs");
+        bounded(async {
+            loop {
+                let text = std::fs::read_to_string(&runs).unwrap_or_default();
+                if text.contains("start b5") && text.ends_with("end\n") {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        let text = std::fs::read_to_string(&runs).unwrap();
+        let _ = std::fs::remove_dir_all(&dir.0);
+        assert!(!text.contains("OVERLAP"), "runs overlapped:\n{text}");
+        let starts: Vec<&str> = text.lines().filter(|l| l.starts_with("start")).collect();
+        assert_eq!(starts.first(), Some(&"start b1"), "{text}");
+        assert_eq!(starts.last(), Some(&"start b5"), "{text}");
+        assert!(
+            starts.len() < 5,
+            "waiting switches were not coalesced:\n{text}"
         );
     }
 

@@ -9,14 +9,14 @@
 //! health flags are atomics so the data path can order its connect attempts
 //! without a lock. This module decides nothing and does no I/O.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use metrics::{Counter, Gauge, Histogram};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{BackendAddress, BackendConfig, ServiceConfig, Settings};
@@ -34,6 +34,12 @@ pub struct Backend {
     /// The address `[service.dns]` publishes while this backend is active;
     /// a reload may change it without touching the backend's health.
     publish: ArcSwapOption<IpAddr>,
+    /// Where connects go: the literal address, or the last good resolution
+    /// of the hostname, refreshed by the check loop. The data path never
+    /// resolves a name (a DNS outage must not fail a healthy backend).
+    addresses: ArcSwap<Vec<SocketAddr>>,
+    /// Wakes connects waiting for a hostname's first resolution.
+    resolved: Notify,
     up: AtomicBool,
     enabled: AtomicBool,
     /// Consecutive failed connects on live traffic.
@@ -126,11 +132,17 @@ impl Backend {
         } else {
             Hysteresis::new_up()
         };
+        let addresses = match &config.address {
+            BackendAddress::Ip(addr) => vec![*addr],
+            BackendAddress::Host { .. } => Vec::new(),
+        };
         Backend {
             service: service.to_string(),
             name: name.to_string(),
             address: config.address.clone(),
             publish: ArcSwapOption::from(config.publish.map(Arc::new)),
+            addresses: ArcSwap::from_pointee(addresses),
+            resolved: Notify::new(),
             up: AtomicBool::new(hysteresis.up),
             enabled: AtomicBool::new(true),
             passive_errors: AtomicU32::new(0),
@@ -155,6 +167,37 @@ impl Backend {
 
     pub fn set_publish(&self, publish: Option<IpAddr>) {
         self.publish.store(publish.map(Arc::new));
+    }
+
+    /// The addresses to connect to; for a hostname not resolved yet, waits
+    /// for its check loop's first resolution (callers bound the wait).
+    pub async fn addresses(&self) -> Arc<Vec<SocketAddr>> {
+        // The common case takes no lock (registering a waiter would).
+        let current = self.addresses.load_full();
+        if !current.is_empty() {
+            return current;
+        }
+        loop {
+            let resolved = self.resolved.notified();
+            tokio::pin!(resolved);
+            // Registered before looking, so a store in between is not missed.
+            resolved.as_mut().enable();
+            let current = self.addresses.load_full();
+            if !current.is_empty() {
+                return current;
+            }
+            resolved.await;
+        }
+    }
+
+    /// Store a good resolution of the hostname (the check loop does). An
+    /// empty one is ignored: the last good addresses stay in use.
+    pub fn set_addresses(&self, addrs: &[SocketAddr]) {
+        if addrs.is_empty() || **self.addresses.load() == addrs {
+            return;
+        }
+        self.addresses.store(Arc::new(addrs.to_vec()));
+        self.resolved.notify_waiters();
     }
 
     pub fn is_up(&self) -> bool {
@@ -341,7 +384,6 @@ pub enum Event {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::SocketAddr;
 
     fn snapshot(states: &[(bool, bool)], active: Option<usize>) -> Snapshot {
         let root = CancellationToken::new();
@@ -408,6 +450,39 @@ mod tests {
         b.close_connections();
         assert!(old.is_cancelled());
         assert!(!b.close_token().is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn a_hostname_backend_waits_for_its_first_resolution_and_keeps_the_last_good_one() {
+        let root = CancellationToken::new();
+        let config = BackendConfig {
+            name: "b".into(),
+            address: BackendAddress::Host {
+                host: "db.internal".into(),
+                port: 5432,
+            },
+            publish: None,
+        };
+        let b = Arc::new(Backend::new("svc", &config, &root, false));
+        let waiting = tokio::spawn({
+            let b = Arc::clone(&b);
+            async move { b.addresses().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "nothing resolved yet");
+        let first: SocketAddr = "10.0.0.7:5432".parse().unwrap();
+        b.set_addresses(&[first]);
+        let got = tokio::time::timeout(std::time::Duration::from_secs(2), waiting)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(*got, vec![first]);
+        b.set_addresses(&[]);
+        assert_eq!(
+            *b.addresses().await,
+            vec![first],
+            "a failed lookup keeps the last"
+        );
     }
 
     #[test]

@@ -8,8 +8,10 @@
 //! Both directions run in the caller's task, driven by tokio readiness
 //! (`readable`/`writable` + `try_io`), so a connection costs one task and
 //! no per-chunk allocation or lock. Each direction passes EOF on as a
-//! half-close (`shutdown(Write)` on the other socket); the first I/O error
-//! on either side ends both, tagged with its [`Side`] (see [`error_side`]).
+//! half-close (`shutdown(Write)` on the other socket). An I/O error ends its
+//! direction; the other one still delivers what it had received, bounded by
+//! [`DRAIN_AFTER_ERROR`] (see [`forward`]). Errors are tagged with their
+//! [`Side`] (see [`error_side`]).
 
 mod copy;
 #[cfg(target_os = "linux")]
@@ -71,8 +73,25 @@ pub struct Transferred {
     pub to_client: u64,
 }
 
+/// After one direction fails, how long the other may still deliver what it
+/// had received (a backend's error reply before it closed) and the
+/// surviving socket may take to flush it to its peer, before the connection
+/// is closed anyway. A client that never reads is not waited for longer.
+pub const DRAIN_AFTER_ERROR: Duration = Duration::from_secs(5);
+
+/// How often a closing socket's unacknowledged bytes are looked at while
+/// it drains (only after an error, never on the normal path).
+#[cfg(target_os = "linux")]
+const DRAIN_POLL: Duration = Duration::from_millis(10);
+
 /// Forward both directions until both are closed, the idle timeout fires,
-/// or `cancel` is cancelled. An I/O error on either side (reset) ends both.
+/// or `cancel` is cancelled.
+///
+/// When one direction fails, the other still delivers what was received
+/// (bounded by [`DRAIN_AFTER_ERROR`]) and the surviving socket is flushed
+/// before it is closed: a backend's last reply is never dropped. A reset
+/// read from one peer is passed on to the other as a reset (SO_LINGER 0);
+/// every other end is a normal close. The first error is returned.
 pub async fn forward(
     client: TcpStream,
     backend: TcpStream,
@@ -104,16 +123,14 @@ pub async fn forward(
         activity: &activity,
     };
     let both = async {
-        tokio::try_join!(
-            upstream.run(options.zero_copy),
-            downstream.run(options.zero_copy)
-        )
+        let ended = both_directions(&upstream, &downstream, options.zero_copy).await;
+        ended.close(&client, &backend).await
     };
     let outcome = tokio::select! {
         biased;
         () = cancel.cancelled() => Outcome::Cancelled,
         () = idle(&activity, options.idle_timeout) => Outcome::IdleTimeout,
-        done = both => done.map(|_| Outcome::Closed)?,
+        done = both => done.map(|()| Outcome::Closed)?,
     };
     let transferred = Transferred {
         to_backend: to_backend.load(Ordering::Relaxed),
@@ -122,12 +139,120 @@ pub async fn forward(
     Ok((outcome, transferred))
 }
 
+/// How the two directions of one connection ended.
+struct Ended {
+    /// The first error, tagged with its side.
+    error: Option<io::Error>,
+    /// Sides whose peer failed (nothing more can reach it): client, backend.
+    failed: [bool; 2],
+    /// Pass a reset on to this side: the other peer really reset.
+    reset: Option<Side>,
+    /// Until when the survivor may still drain.
+    deadline: Option<Instant>,
+}
+
+/// Run both directions to their end. A half-close (EOF) lets the other
+/// direction go on for as long as it likes. A failed destination ends its
+/// direction only: the other one still carries the failed peer's last
+/// bytes, until its own end or [`DRAIN_AFTER_ERROR`]. A failed source ends
+/// both at once: everything it sent was delivered, and the other direction
+/// would write to a peer that is gone.
+async fn both_directions(up: &Direction<'_>, down: &Direction<'_>, zero_copy: bool) -> Ended {
+    let up_run = up.run(zero_copy);
+    let down_run = down.run(zero_copy);
+    tokio::pin!(up_run, down_run);
+    let mut ended = Ended {
+        error: None,
+        failed: [false; 2],
+        reset: None,
+        deadline: None,
+    };
+    let (mut up_done, mut down_done) = (false, false);
+    while !(up_done && down_done) {
+        let (dir, result) = tokio::select! {
+            result = &mut up_run, if !up_done => { up_done = true; (up, result) }
+            result = &mut down_run, if !down_done => { down_done = true; (down, result) }
+            () = sleep_until_some(ended.deadline) => break,
+        };
+        let Err(err) = result else { continue };
+        let side = error_side(&err).unwrap_or(dir.src_side);
+        ended.failed[side.index()] = true;
+        let from_source = side == dir.src_side;
+        if from_source && err.kind() == io::ErrorKind::ConnectionReset {
+            ended.reset.get_or_insert(dir.dst_side);
+        }
+        tracing::trace!(direction = dir.name, error = %err, "direction failed");
+        ended.error.get_or_insert(err);
+        if ended.deadline.is_none() {
+            ended.deadline = Instant::now().checked_add(DRAIN_AFTER_ERROR);
+        }
+        if from_source {
+            break;
+        }
+    }
+    ended
+}
+
+impl Ended {
+    /// Flush the surviving socket (bounded), pass a reset on if the other
+    /// peer reset, and return the first error.
+    async fn close(self, client: &TcpStream, backend: &TcpStream) -> io::Result<()> {
+        let Some(error) = self.error else {
+            return Ok(());
+        };
+        for (side, socket) in [(Side::Client, client), (Side::Backend, backend)] {
+            if self.failed[side.index()] {
+                continue;
+            }
+            flush(socket, self.deadline).await;
+            if self.reset == Some(side) {
+                // SO_LINGER 0: close() sends a reset instead of a FIN.
+                let _ = socket2::SockRef::from(socket).set_linger(Some(Duration::ZERO));
+            }
+        }
+        Err(error)
+    }
+}
+
+/// Wait until the peer has acknowledged every byte written to `socket`, or
+/// `deadline`: closing a socket that still has unread input resets it, and
+/// the reset would drop whatever had not reached the peer yet.
+#[cfg(target_os = "linux")]
+async fn flush(socket: &TcpStream, deadline: Option<Instant>) {
+    use std::os::fd::AsFd;
+    while splice::unacked_bytes(socket.as_fd()).is_ok_and(|n| n > 0) {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return;
+        }
+        tokio::time::sleep(DRAIN_POLL).await;
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+async fn flush(_socket: &TcpStream, _deadline: Option<Instant>) {}
+
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Which socket an error came from. Only backend-side errors should count
 /// against a backend (passive health).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
     Client,
     Backend,
+}
+
+impl Side {
+    fn index(self) -> usize {
+        match self {
+            Side::Client => 0,
+            Side::Backend => 1,
+        }
+    }
 }
 
 impl fmt::Display for Side {
@@ -179,7 +304,9 @@ impl Activity {
     }
 
     fn last(&self) -> Instant {
-        self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+        let since = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        // Never past now, so it cannot overflow; checked all the same.
+        self.start.checked_add(since).unwrap_or_else(Instant::now)
     }
 }
 
@@ -190,7 +317,10 @@ async fn idle(activity: &Activity, timeout: Option<Duration>) {
         return std::future::pending().await;
     };
     loop {
-        let deadline = activity.last() + timeout;
+        // A deadline past what an `Instant` can hold never comes.
+        let Some(deadline) = activity.last().checked_add(timeout) else {
+            return std::future::pending().await;
+        };
         if Instant::now() >= deadline {
             return;
         }

@@ -1,6 +1,6 @@
-//! The only `unsafe` code in failoverd: owned pipes and safe wrappers
-//! around pipe2(2), splice(2) and fcntl(F_SETPIPE_SZ), plus a per-thread
-//! pool of idle pipes.
+//! The only `unsafe` code of the data path: owned pipes and safe wrappers
+//! around pipe2(2), splice(2), fcntl(F_SETPIPE_SZ) and ioctl(SIOCOUTQ),
+//! plus a per-thread pool of idle pipes.
 //!
 //! Zero-copy forwarding moves bytes socket -> pipe -> socket inside the
 //! kernel. A direction holds a pipe only while it has bytes in flight and
@@ -25,8 +25,25 @@ const SPLICE_FLAGS: libc::c_uint = libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK
 /// Idle pipes kept per worker thread; extra pipes are closed. Each pipe is
 /// two fds and holds no buffer pages while empty, but its capacity counts
 /// against the user's `fs.pipe-user-pages-soft` (64 MiB by default), so
-/// the pool stays small: 16 grown pipes are 16 MiB of that budget.
+/// the pool stays small and its pipes are shrunk to [`POOLED_PIPE_BYTES`]:
+/// 16 pooled pipes are 1 MiB of that budget.
 pub const POOL_MAX_PIPES_PER_THREAD: usize = 16;
+
+/// The capacity a pipe is given back before it goes into the pool: the
+/// kernel's default (16 pages). A pipe a bulk transfer grew to 1 MiB would
+/// otherwise sit idle at 1 MiB, and a few workers' pools would use up the
+/// user's `fs.pipe-user-pages-soft`, after which every new pipe gets one
+/// page and throughput collapses (an unprivileged user such as systemd's
+/// `DynamicUser` is subject to it).
+pub const POOLED_PIPE_BYTES: usize = 64 * 1024;
+
+/// Pipes grown past their size since start, process-wide (tests).
+static PIPES_GROWN: AtomicU64 = AtomicU64::new(0);
+
+/// How many times a pipe was grown in this process.
+pub fn pipes_grown() -> u64 {
+    PIPES_GROWN.load(Ordering::Relaxed)
+}
 
 /// Successful splice(2) calls since start, process-wide.
 static SPLICE_CALLS: AtomicU64 = AtomicU64::new(0);
@@ -87,6 +104,20 @@ pub fn pipe_size(pipe: BorrowedFd<'_>) -> io::Result<usize> {
     Ok(n as usize)
 }
 
+/// Bytes written to a TCP socket that its peer has not acknowledged yet
+/// (ioctl SIOCOUTQ, which Linux spells TIOCOUTQ): 0 once everything sent
+/// has reached the peer's kernel.
+pub fn unacked_bytes(socket: BorrowedFd<'_>) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: the fd is borrowed and open for the call; SIOCOUTQ writes one
+    // int through the pointer, which points at `n`, alive for the call.
+    let rc = unsafe { libc::ioctl(socket.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(usize::try_from(n).unwrap_or(0))
+}
+
 /// A non-blocking, close-on-exec pipe that remembers how many bytes it
 /// holds and how many it can hold. Both ends are closed on drop.
 #[derive(Debug)]
@@ -135,6 +166,22 @@ impl Pipe {
         }
         if let Ok(size) = set_pipe_size(self.write.as_fd(), bytes) {
             self.capacity = size;
+            PIPES_GROWN.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Shrink an empty pipe back to `bytes` if it is larger; false if the
+    /// kernel refused (the pipe should then be closed, not kept).
+    pub fn shrink(&mut self, bytes: usize) -> bool {
+        if self.capacity <= bytes {
+            return true;
+        }
+        match set_pipe_size(self.write.as_fd(), bytes) {
+            Ok(size) => {
+                self.capacity = size;
+                true
+            }
+            Err(_) => false,
         }
     }
 
@@ -176,10 +223,11 @@ pub fn take_pipe() -> io::Result<Pipe> {
     Pipe::new()
 }
 
-/// Return a pipe to this thread's pool. A pipe that still holds bytes, or
-/// one beyond the pool's cap, is closed instead.
-pub fn put_pipe(pipe: Pipe) {
-    if !pipe.is_empty() {
+/// Return a pipe to this thread's pool, shrunk back to
+/// [`POOLED_PIPE_BYTES`]. A pipe that still holds bytes, one that cannot be
+/// shrunk, or one beyond the pool's cap, is closed instead.
+pub fn put_pipe(mut pipe: Pipe) {
+    if !pipe.is_empty() || !pipe.shrink(POOLED_PIPE_BYTES) {
         return;
     }
     // If the thread-local is gone (thread exit) the pipe is simply dropped.
@@ -194,6 +242,18 @@ pub fn put_pipe(pipe: Pipe) {
 /// Idle pipes in this thread's pool.
 pub fn pooled_pipes() -> usize {
     POOL.try_with(|pool| pool.borrow().len()).unwrap_or(0)
+}
+
+/// The capacity of every idle pipe in this thread's pool, as the kernel
+/// reports it (F_GETPIPE_SZ).
+pub fn pooled_pipe_sizes() -> Vec<usize> {
+    POOL.try_with(|pool| {
+        pool.borrow()
+            .iter()
+            .filter_map(|pipe| pipe_size(pipe.write.as_fd()).ok())
+            .collect()
+    })
+    .unwrap_or_default()
 }
 
 /// Close every idle pipe in this thread's pool (tests).

@@ -308,6 +308,30 @@ async fn forward_idle_direction_returns_its_pipe_to_the_pool() {
     h.task.await.unwrap().unwrap();
 }
 
+/// A pipe grown by a bulk transfer goes back to the pool at the kernel's
+/// default size, so idle pipes never hold the user's pipe budget.
+#[tokio::test]
+async fn pooled_pipes_are_shrunk_back_after_a_bulk_transfer() {
+    splice::clear_pool();
+    let grown_before = splice::pipes_grown();
+    let h = start(opts(true)).await;
+    let up = random_bytes(BULK_BYTES);
+    let (at_backend, _) = tokio::join!(exchange(h.backend, Vec::new()), exchange(h.client, up));
+    assert_eq!(at_backend.len(), BULK_BYTES);
+    h.task.await.unwrap().unwrap();
+    assert!(
+        splice::pipes_grown() > grown_before,
+        "the bulk transfer never grew a pipe"
+    );
+    let sizes = splice::pooled_pipe_sizes();
+    assert!(!sizes.is_empty(), "no pipe went back to the pool");
+    assert!(
+        sizes.iter().all(|&s| s == splice::POOLED_PIPE_BYTES),
+        "pooled pipe sizes {sizes:?}, want {} each",
+        splice::POOLED_PIPE_BYTES
+    );
+}
+
 /// The copy path too: an idle direction hands its buffer back.
 #[tokio::test]
 async fn forward_idle_direction_returns_its_copy_buffer_to_the_pool() {

@@ -16,9 +16,11 @@ use tokio::time::sleep_until;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
+use crate::net;
+use crate::ratelimit::LogLimit;
 use crate::service::{Backend, Event};
 
-pub use tcp::probe;
+pub use tcp::probe_and_resolve;
 
 /// One backend's active checks: the first at once, then every
 /// `check_interval` with a little jitter, until `stop`.
@@ -30,43 +32,92 @@ pub async fn check_loop(
     seed: u64,
 ) {
     let mut round: u64 = 0;
+    let mut lookup = net::Lookup::default();
     loop {
         let started = Instant::now();
         let result = tokio::select! {
-            result = probe(&backend.address, settings.check_timeout, &settings.check_send, &settings.check_expect) => result,
+            result = probe(&backend, &mut lookup, &settings) => result,
             _ = stop.cancelled() => return,
         };
-        let ok = result.is_ok();
-        let metrics = &backend.metrics;
-        metrics
-            .check_duration
-            .record(started.elapsed().as_secs_f64());
-        if ok {
-            metrics.checks_ok.increment(1);
-        } else {
-            metrics.checks_fail.increment(1);
-        }
-        if let Ok(now) = SystemTime::now().duration_since(UNIX_EPOCH) {
-            metrics.last_check.set(now.as_secs_f64());
-        }
-        if let Err(err) = &result {
-            tracing::debug!(service = %backend.service, backend = %backend.name, error = %err, "health check failed");
-        }
-        if events
-            .send(Event::Check {
-                backend: Arc::clone(&backend),
-                ok,
-            })
-            .is_err()
-        {
+        round += 1;
+        let interval = jittered(settings.check_interval, seed.wrapping_mul(7919) ^ round);
+        if let Some(err) = result.as_ref().err().filter(|e| e.is_local()) {
+            // This host's fault: no result, nothing counted or sent.
+            if let Some(suppressed) = LOCAL_ERROR_LOG.check() {
+                tracing::warn!(service = %backend.service, backend = %backend.name, error = %err, suppressed, "health check skipped");
+            }
+        } else if report(&backend, &events, started, &result).is_err() {
             return;
         }
-        round += 1;
-        let next = started + jittered(settings.check_interval, seed.wrapping_mul(7919) ^ round);
         tokio::select! {
-            _ = sleep_until(next.into()) => {}
+            _ = sleep_until_after(started, interval) => {}
             _ = stop.cancelled() => return,
         }
+    }
+}
+
+/// Local faults during checks are logged once a second, process-wide (a
+/// shortage of fds hits every backend's checks at once).
+static LOCAL_ERROR_LOG: LogLimit = LogLimit::new();
+
+/// Count one check result and send it to the engine; `Err` when the
+/// engine is gone.
+fn report(
+    backend: &Arc<Backend>,
+    events: &mpsc::UnboundedSender<Event>,
+    started: Instant,
+    result: &Result<(), tcp::ProbeError>,
+) -> Result<(), ()> {
+    let ok = result.is_ok();
+    let metrics = &backend.metrics;
+    metrics
+        .check_duration
+        .record(started.elapsed().as_secs_f64());
+    if ok {
+        metrics.checks_ok.increment(1);
+    } else {
+        metrics.checks_fail.increment(1);
+    }
+    if let Ok(now) = SystemTime::now().duration_since(UNIX_EPOCH) {
+        metrics.last_check.set(now.as_secs_f64());
+    }
+    if let Err(err) = result {
+        tracing::debug!(service = %backend.service, backend = %backend.name, error = %err, "health check failed");
+    }
+    events
+        .send(Event::Check {
+            backend: Arc::clone(backend),
+            ok,
+        })
+        .map_err(drop)
+}
+
+/// One probe of `backend`; a hostname's good resolution is cached for the
+/// data path on the way (a failed lookup keeps the last one, and fails the
+/// check).
+async fn probe(
+    backend: &Backend,
+    lookup: &mut net::Lookup,
+    settings: &Settings,
+) -> Result<(), tcp::ProbeError> {
+    let cache = |addrs: &[std::net::SocketAddr]| backend.set_addresses(addrs);
+    probe_and_resolve(
+        &backend.address,
+        lookup,
+        settings.check_timeout,
+        &settings.check_send,
+        &settings.check_expect,
+        cache,
+    )
+    .await
+}
+
+/// Sleep until `interval` after `started`; a moment past what an `Instant`
+/// can hold never comes (no value may panic the check loop).
+async fn sleep_until_after(started: Instant, interval: Duration) {
+    match started.checked_add(interval) {
+        Some(at) => sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -3,13 +3,14 @@
 //! `check_send` and never keeps its socket.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout_at};
 
-use crate::config::BackendAddress;
+use crate::config::{BackendAddress, MAX_DURATION};
 use crate::net;
 
 /// The step of a probe that ran out of time.
@@ -53,6 +54,27 @@ pub enum ProbeError {
     },
     /// The backend closed the connection before sending anything.
     Closed,
+    /// This host failed, not the backend (out of fds or memory, no free
+    /// local port, a local firewall): no result, see [`net::is_local_error`].
+    Local(std::io::Error),
+}
+
+impl ProbeError {
+    /// Sort an I/O error of a probe step: a local one is no result.
+    fn io(step: fn(std::io::Error) -> ProbeError) -> impl Fn(std::io::Error) -> ProbeError {
+        move |err| {
+            if net::is_local_error(&err) {
+                ProbeError::Local(err)
+            } else {
+                step(err)
+            }
+        }
+    }
+
+    /// True when the probe says nothing about the backend.
+    pub fn is_local(&self) -> bool {
+        matches!(self, ProbeError::Local(_))
+    }
 }
 
 /// How many received bytes a [`ProbeError::Mismatch`] keeps for the log.
@@ -80,6 +102,10 @@ impl fmt::Display for ProbeError {
             ProbeError::Closed => f.write_str(
                 "backend closed the connection without a reply; check check_send and check_expect",
             ),
+            ProbeError::Local(err) => write!(
+                f,
+                "no result, this host failed: {err}; check open-file limits, memory, local ports and firewall"
+            ),
         }
     }
 }
@@ -87,7 +113,10 @@ impl fmt::Display for ProbeError {
 impl std::error::Error for ProbeError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            ProbeError::Connect(err) | ProbeError::Send(err) | ProbeError::Recv(err) => Some(err),
+            ProbeError::Connect(err)
+            | ProbeError::Send(err)
+            | ProbeError::Recv(err)
+            | ProbeError::Local(err) => Some(err),
             _ => None,
         }
     }
@@ -100,13 +129,31 @@ impl std::error::Error for ProbeError {
 ///
 /// A hostname resolving to several addresses is tried address by address, as
 /// a client would. The socket is dropped (closed) at the end.
+#[cfg(test)]
 pub async fn probe(
     address: &BackendAddress,
     timeout: Duration,
     send: &[u8],
     expect: &[u8],
 ) -> Result<(), ProbeError> {
-    let deadline = Instant::now() + timeout;
+    let mut lookup = net::Lookup::default();
+    probe_and_resolve(address, &mut lookup, timeout, send, expect, |_| {}).await
+}
+
+/// As [`probe`], handing a good resolution to `resolved` before the
+/// connect (the check loop caches it for the data path).
+pub async fn probe_and_resolve(
+    address: &BackendAddress,
+    lookup: &mut net::Lookup,
+    timeout: Duration,
+    send: &[u8],
+    expect: &[u8],
+    resolved: impl FnOnce(&[SocketAddr]),
+) -> Result<(), ProbeError> {
+    // Validated timeouts are at most a year and always fit; the cap keeps
+    // any other caller from panicking on the sum.
+    let now = Instant::now();
+    let deadline = now.checked_add(timeout.min(MAX_DURATION)).unwrap_or(now);
     let within = |stage| {
         move |_elapsed| ProbeError::Timeout {
             stage,
@@ -114,19 +161,23 @@ pub async fn probe(
         }
     };
 
-    let addrs = timeout_at(deadline, net::resolve(address))
+    let addrs: Vec<SocketAddr> = timeout_at(deadline, lookup.resolve(address))
         .await
         .map_err(within(ProbeStage::Resolve))?
-        .map_err(|err| ProbeError::Resolve(format!("{address}: {err}")))?;
-    let mut stream = timeout_at(deadline, net::connect_first(addrs))
+        .map_err(|err| match net::is_resource_error(&err) {
+            true => ProbeError::Local(err),
+            false => ProbeError::Resolve(format!("{address}: {err}")),
+        })?;
+    resolved(&addrs);
+    let mut stream = timeout_at(deadline, net::connect_first(addrs.into_iter()))
         .await
         .map_err(within(ProbeStage::Connect))?
-        .map_err(ProbeError::Connect)?;
+        .map_err(ProbeError::io(ProbeError::Connect))?;
     if !send.is_empty() {
         timeout_at(deadline, stream.write_all(send))
             .await
             .map_err(within(ProbeStage::Send))?
-            .map_err(ProbeError::Send)?;
+            .map_err(ProbeError::io(ProbeError::Send))?;
     }
     if !expect.is_empty() {
         timeout_at(deadline, read_expected(&mut stream, expect))
@@ -146,7 +197,7 @@ async fn read_expected(stream: &mut TcpStream, expect: &[u8]) -> Result<(), Prob
         let n = stream
             .read(&mut buf[..want])
             .await
-            .map_err(ProbeError::Recv)?;
+            .map_err(ProbeError::io(ProbeError::Recv))?;
         if n == 0 {
             break;
         }
@@ -168,7 +219,6 @@ async fn read_expected(stream: &mut TcpStream, expect: &[u8]) -> Result<(), Prob
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::SocketAddr;
     use tokio::net::TcpListener;
 
     /// Bound on every socket test, so a bug fails instead of hanging.
