@@ -12,23 +12,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, warn};
 
 use crate::forward::{self, ForwardOptions};
+use crate::limit::Slot;
 use crate::net;
 use crate::ratelimit::LogLimit;
 use crate::service::{Backend, Service};
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
-/// Serve one accepted client. `_permit` holds a `max_connections` slot.
-pub async fn handle(
-    client: TcpStream,
-    peer: SocketAddr,
-    service: Arc<Service>,
-    _permit: Option<OwnedSemaphorePermit>,
-) {
+/// Serve one accepted client. `_slot` holds its `max_connections` slot.
+pub async fn handle(client: TcpStream, peer: SocketAddr, service: Arc<Service>, _slot: Slot) {
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     // TCP_NODELAY and keepalive came from the listener (see `net::bind_std`).
     let snapshot = service.snapshot();

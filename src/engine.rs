@@ -19,11 +19,12 @@ use tracing::info;
 
 use crate::config::{OnSwitch, ServiceConfig};
 use crate::health;
+use crate::limit::Limit;
 use crate::metrics as m;
 use crate::notify;
 use crate::policy::{self, BackendView, Cause, Policy, SwitchReason};
 use crate::ratelimit::LogLimit;
-use crate::service::{Backend, Event, Health, Limit, Service, Snapshot};
+use crate::service::{Backend, Event, Health, Service, Snapshot};
 
 /// A running engine: the service it steers and how to stop it.
 pub struct EngineHandle {
@@ -78,7 +79,7 @@ pub fn start(config: &ServiceConfig, force_close: &CancellationToken) -> EngineH
         }),
         client_failures: metrics::counter!(m::CLIENT_FAILURES_TOTAL, "service" => config.name.clone()),
         client_failure_log: LogLimit::new(),
-        limit: ArcSwap::from_pointee(Limit::new(config.settings.max_connections)),
+        limit: Limit::new(config.settings.max_connections),
         events: tx,
     });
     let stop = CancellationToken::new();
@@ -324,10 +325,14 @@ impl Engine {
         let current = old
             .active_backend()
             .and_then(|a| backends.iter().position(|b| Arc::ptr_eq(a, b)));
-        if old.settings.max_connections != config.settings.max_connections {
-            self.service
-                .limit
-                .store(Arc::new(Limit::new(config.settings.max_connections)));
+        // In place: accept loops waiting for a slot see the new size.
+        let max_connections = config.settings.max_connections;
+        if old.settings.max_connections != max_connections {
+            self.service.limit.resize(max_connections);
+            info!(
+                service = %self.service.name, max_connections,
+                open = self.service.limit.open(), "max_connections changed"
+            );
         }
         let next = Arc::new(Snapshot {
             settings: Arc::new(config.settings),

@@ -14,8 +14,10 @@
 //!          ratelimit   one log line a second for error floods
 //! layer 2  policy      pure: rise/fall hysteresis and the decision, `now` passed in
 //!          net         socket helpers: bind, resolve, connect, options, error classes
+//!          accept      a listener's readiness and non-blocking accept (its one unsafe)
 //!          forward/    splice (the only unsafe for the data path), copy, forward()
 //!          notify      the switch hook command
+//!          limit       max_connections: open connections against a resizable maximum
 //! layer 3  service     Backend, Snapshot, Service (the ArcSwap), the limit, engine events
 //! layer 4  health/     the check loop and one probe per check kind
 //!          conn        one client connection: choose, connect (retry the next), forward
@@ -31,6 +33,7 @@
 //! benchmarks need them.
 #![deny(unsafe_code)]
 
+mod accept;
 pub mod config;
 mod conn;
 pub mod control;
@@ -38,6 +41,7 @@ pub mod demo;
 mod engine;
 pub mod forward;
 mod health;
+mod limit;
 mod listener;
 pub mod metrics;
 mod net;

@@ -15,11 +15,12 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use metrics::{Counter, Gauge, Histogram};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{BackendAddress, ServiceConfig, Settings};
 use crate::forward::ByteCounters;
+use crate::limit::Limit;
 use crate::metrics as m;
 use crate::policy::{Hysteresis, SwitchReason};
 use crate::ratelimit::LogLimit;
@@ -261,8 +262,8 @@ pub struct Service {
     pub client_failures: Counter,
     /// "every backend failed" is logged at most once a second.
     pub client_failure_log: LogLimit,
-    /// `max_connections` as a semaphore; replaced whole on reload.
-    pub limit: ArcSwap<Limit>,
+    /// `max_connections`; a reload resizes it in place.
+    pub limit: Arc<Limit>,
     pub(crate) events: mpsc::UnboundedSender<Event>,
 }
 
@@ -277,22 +278,6 @@ impl Service {
         if threshold > 0 && count >= threshold && backend.is_up() {
             // The engine may be gone during shutdown; nothing to do then.
             let _ = self.events.send(Event::PassiveDown(Arc::clone(backend)));
-        }
-    }
-}
-
-/// Limits open connections per service; `None` = unlimited.
-pub struct Limit(Option<Arc<Semaphore>>);
-
-impl Limit {
-    pub fn new(max_connections: usize) -> Self {
-        Limit((max_connections > 0).then(|| Arc::new(Semaphore::new(max_connections))))
-    }
-
-    pub async fn acquire(&self) -> Option<OwnedSemaphorePermit> {
-        match &self.0 {
-            Some(sem) => Arc::clone(sem).acquire_owned().await.ok(),
-            None => None,
         }
     }
 }

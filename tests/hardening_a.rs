@@ -1,0 +1,674 @@
+//! Hardening against the real binary: `max_connections` exact on several
+//! workers and resized in place by a reload; a second instance refused;
+//! reloads that fail or move a listener; connections on a backend that is
+//! not the active one are closed under `on_switch = "close"`.
+//!
+//! Every test starts `failoverd run` as a child process (`FAILOVERD_BIN`
+//! overrides the binary, to run these against another build), talks to it
+//! over loopback only, bounds its time and kills the child on drop.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+// ---------------------------------------------------------------------------
+// Defect 1: max_connections exact with several workers, resized in place.
+
+/// A client that connects, waits for the greeting, echoes one byte and
+/// closes; fails if the greeting does not come within `limit`.
+async fn one_client(proxy: SocketAddr, limit: Duration) -> Result<String, String> {
+    let exchange = async {
+        let mut stream = TcpStream::connect(proxy).await.map_err(|e| e.to_string())?;
+        let greeting = read_line(&mut stream).await.map_err(|e| e.to_string())?;
+        stream.write_all(b"x").await.map_err(|e| e.to_string())?;
+        let mut echo = [0u8; 1];
+        stream
+            .read_exact(&mut echo)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>(greeting)
+    };
+    match tokio::time::timeout(limit, exchange).await {
+        Ok(result) => result,
+        Err(_) => Err(format!("not served within {limit:?}")),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_1_serves_200_sequential_clients_on_every_worker() {
+    within(60, async {
+        let backend = Backend::start("primary").await;
+        let proxy = Instance::start(&one_service(
+            "max_connections = 1\ncheck_interval = \"1h\"",
+            &[&backend],
+        ))
+        .await;
+        for i in 0..200 {
+            // At most one other connection is still closing: a client that
+            // waits longer sits behind a slot parked on another worker.
+            let greeting = one_client(proxy.addr, Duration::from_secs(5))
+                .await
+                .unwrap_or_else(|e| {
+                    panic!("client {i} of 200 (max_connections = 1, nothing else open): {e}")
+                });
+            assert_eq!(greeting, "OK primary");
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_2_serves_a_second_client_while_one_is_open() {
+    within(60, async {
+        let backend = Backend::start("primary").await;
+        let proxy = Instance::start(&one_service(
+            "max_connections = 2\ncheck_interval = \"1h\"",
+            &[&backend],
+        ))
+        .await;
+        let mut held = TcpStream::connect(proxy.addr).await.unwrap();
+        assert_eq!(read_line(&mut held).await.unwrap(), "OK primary");
+        for i in 0..200 {
+            one_client(proxy.addr, Duration::from_secs(5))
+                .await
+                .unwrap_or_else(|e| {
+                    panic!("client {i} of 200 (max_connections = 2, one open): {e}")
+                });
+        }
+        // The held one still works.
+        held.write_all(b"y").await.unwrap();
+        let mut echo = [0u8; 1];
+        held.read_exact(&mut echo).await.unwrap();
+        assert_eq!(&echo, b"y");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_holds_exactly_for_200_concurrent_clients() {
+    within(90, async {
+        for max in [1, 2] {
+            concurrent_clients(max, 200).await;
+        }
+    })
+    .await;
+}
+
+/// `clients` connect at once to a service with `max_connections = max`;
+/// each holds its connection 10 ms after the greeting. All are served,
+/// never more than `max` at once, and `max` at once at some point.
+async fn concurrent_clients(max: usize, clients: usize) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let backend = Backend::start("primary").await;
+    let settings = format!("max_connections = {max}\ncheck_interval = \"1h\"");
+    let proxy = Instance::start(&one_service(&settings, &[&backend])).await;
+    // Greeted and not yet closed, counted by the clients themselves: a
+    // client leaves the count before it closes, so before its slot frees.
+    let open = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            let (open, peak) = (Arc::clone(&open), Arc::clone(&peak));
+            let addr = proxy.addr;
+            tokio::spawn(async move {
+                let mut stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+                read_line(&mut stream).await.map_err(|e| e.to_string())?;
+                let now = open.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                open.fetch_sub(1, Ordering::SeqCst);
+                drop(stream);
+                Ok::<_, String>(())
+            })
+        })
+        .collect();
+    let mut served = 0;
+    for task in tasks {
+        // 5 s without one more client served: a client waits in a backlog
+        // while fewer than `max` are open.
+        match tokio::time::timeout(Duration::from_secs(5), task).await {
+            Ok(Ok(Ok(()))) => served += 1,
+            Ok(Ok(Err(e))) => panic!("max_connections = {max}: a client failed: {e}"),
+            Ok(Err(e)) => panic!("client task: {e}"),
+            Err(_) => panic!(
+                "max_connections = {max}: {served} of {clients} served, then none for 5 s \
+                 with {} open",
+                open.load(Ordering::SeqCst)
+            ),
+        }
+    }
+    let peak = peak.load(Ordering::SeqCst);
+    assert!(
+        peak <= max,
+        "{peak} connections open at once under max_connections = {max}"
+    );
+    assert_eq!(
+        peak, max,
+        "never {max} at once: the limit is stricter than configured"
+    );
+}
+
+/// Clients that connect, wait for their greeting and then hold the
+/// connection; the test counts and drops the greeted ones.
+struct Crowd {
+    addr: SocketAddr,
+    tx: tokio::sync::mpsc::UnboundedSender<TcpStream>,
+    greeted: tokio::sync::mpsc::UnboundedReceiver<TcpStream>,
+    held: Vec<TcpStream>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Crowd {
+    fn new(addr: SocketAddr) -> Crowd {
+        let (tx, greeted) = tokio::sync::mpsc::unbounded_channel();
+        Crowd {
+            addr,
+            tx,
+            greeted,
+            held: Vec::new(),
+            tasks: Vec::new(),
+        }
+    }
+
+    /// Start `n` more clients.
+    fn connect(&mut self, n: usize) {
+        for _ in 0..n {
+            let (tx, addr) = (self.tx.clone(), self.addr);
+            self.tasks.push(tokio::spawn(async move {
+                let mut stream = TcpStream::connect(addr)
+                    .await
+                    .expect("connect to the proxy");
+                if read_line(&mut stream).await.is_ok() {
+                    let _ = tx.send(stream);
+                }
+            }));
+        }
+    }
+
+    /// Collect greetings for `wait`; returns how many are held in total.
+    async fn settle(&mut self, wait: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + wait;
+        while let Ok(Some(stream)) = tokio::time::timeout_at(deadline, self.greeted.recv()).await {
+            self.held.push(stream);
+        }
+        self.held.len()
+    }
+
+    /// Wait until `want` are held (at most `limit`), then make sure no
+    /// more come for `quiet`.
+    async fn expect_held(&mut self, want: usize, limit: Duration, quiet: Duration, what: &str) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.held.len() < want {
+            match tokio::time::timeout_at(deadline, self.greeted.recv()).await {
+                Ok(Some(stream)) => self.held.push(stream),
+                _ => panic!(
+                    "{what}: {} served, wanted {want} within {limit:?}",
+                    self.held.len()
+                ),
+            }
+        }
+        let now = self.settle(quiet).await;
+        assert_eq!(now, want, "{what}: {now} served, wanted exactly {want}");
+    }
+
+    fn close(&mut self, n: usize) {
+        for _ in 0..n {
+            self.held.pop();
+        }
+    }
+}
+
+impl Drop for Crowd {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_resizes_max_connections_in_place_under_load() {
+    within(90, async {
+        let backend = Backend::start("primary").await;
+        let listen = free_port();
+        let config = |max: usize| {
+            let settings = format!("max_connections = {max}\ncheck_interval = \"1h\"");
+            service("svc", listen, &settings, &[&backend])
+        };
+        let mut proxy = Instance::start_with_control(&config(2)).await;
+        let mut crowd = Crowd::new(proxy.addr);
+        let serve = Duration::from_secs(5);
+        let quiet = Duration::from_millis(400);
+
+        crowd.connect(12);
+        crowd
+            .expect_held(2, serve, quiet, "max_connections = 2, 12 clients")
+            .await;
+
+        proxy.reload(&config(5)).await;
+        crowd
+            .expect_held(5, serve, quiet, "after a reload 2 -> 5")
+            .await;
+
+        proxy.reload(&config(1)).await;
+        crowd.close(4);
+        assert_eq!(
+            crowd.settle(quiet).await,
+            1,
+            "5 -> 1 with 1 still open: nobody new"
+        );
+        crowd.close(1);
+        crowd
+            .expect_held(1, serve, quiet, "5 -> 1, all closed: one new")
+            .await;
+
+        // 1 -> unlimited: the 6 still waiting get in at once.
+        proxy.reload(&config(0)).await;
+        crowd
+            .expect_held(7, serve, quiet, "after a reload 1 -> 0 (unlimited)")
+            .await;
+
+        // Unlimited -> 3 with 7 open: new clients wait until fewer than 3 are open.
+        proxy.reload(&config(3)).await;
+        crowd.connect(3);
+        assert_eq!(
+            crowd.settle(quiet).await,
+            7,
+            "0 -> 3 with 7 open: nobody new"
+        );
+        crowd.close(5);
+        crowd
+            .expect_held(3, serve, quiet, "0 -> 3, 2 left open: one new")
+            .await;
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------
+
+mod support {
+    //! Small helpers for this file: a greeting backend, a config writer,
+    //! the binary as a child process, polling. Meant to be swapped for the
+    //! shared harness in `tests/common` later.
+    #![allow(dead_code)]
+
+    use std::future::Future;
+    use std::net::SocketAddr;
+    use std::path::PathBuf;
+    use std::process::{Child, Command, Stdio};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::{TcpListener, TcpStream, UnixStream};
+    use tokio::task::JoinHandle;
+
+    /// Every test bounds its own time with this.
+    pub async fn within<T>(secs: u64, fut: impl Future<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(secs), fut)
+            .await
+            .unwrap_or_else(|_| panic!("test did not finish within {secs} s"))
+    }
+
+    /// Poll `check` every 20 ms until it holds or `limit` passes.
+    pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = bool>,
+    {
+        let deadline = tokio::time::Instant::now() + limit;
+        while !check().await {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what}: not within {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A loopback port nothing listens on right now.
+    pub fn free_port() -> SocketAddr {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        listener.local_addr().expect("local addr")
+    }
+
+    /// Read one line without its newline; EOF first is an error.
+    pub async fn read_line(stream: &mut TcpStream) -> std::io::Result<String> {
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        loop {
+            if stream.read(&mut byte).await? == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "closed before the end of the line",
+                ));
+            }
+            if byte[0] == b'\n' {
+                return Ok(String::from_utf8_lossy(&line).into_owned());
+            }
+            line.push(byte[0]);
+        }
+    }
+
+    /// A backend on 127.0.0.1 that greets every connection with
+    /// `OK <name>` (healthy) or `DOWN <name>`, then echoes. With
+    /// `check_expect = "OK"` its health follows [`Backend::set_healthy`].
+    pub struct Backend {
+        pub name: String,
+        pub addr: SocketAddr,
+        healthy: Arc<AtomicBool>,
+        /// Connections open now (health checks included).
+        open: Arc<AtomicUsize>,
+        task: Option<JoinHandle<()>>,
+    }
+
+    impl Backend {
+        pub async fn start(name: &str) -> Backend {
+            let listener = TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind backend");
+            let mut backend = Backend {
+                name: name.to_string(),
+                addr: listener.local_addr().expect("backend addr"),
+                healthy: Arc::new(AtomicBool::new(true)),
+                open: Arc::new(AtomicUsize::new(0)),
+                task: None,
+            };
+            backend.serve(listener);
+            backend
+        }
+
+        fn serve(&mut self, listener: TcpListener) {
+            let (name, healthy, open) = (
+                self.name.clone(),
+                Arc::clone(&self.healthy),
+                Arc::clone(&self.open),
+            );
+            self.task = Some(tokio::spawn(async move {
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let state = if healthy.load(Ordering::SeqCst) {
+                        "OK"
+                    } else {
+                        "DOWN"
+                    };
+                    let greeting = format!("{state} {name}\n");
+                    let open = Arc::clone(&open);
+                    open.fetch_add(1, Ordering::SeqCst);
+                    // Detached: stopping the listener leaves them open.
+                    tokio::spawn(async move {
+                        let _ = greet_and_echo(stream, greeting).await;
+                        open.fetch_sub(1, Ordering::SeqCst);
+                    });
+                }
+            }));
+        }
+
+        pub fn set_healthy(&self, healthy: bool) {
+            self.healthy.store(healthy, Ordering::SeqCst);
+        }
+
+        pub fn open(&self) -> usize {
+            self.open.load(Ordering::SeqCst)
+        }
+
+        /// Stop listening (new connects are refused); open connections go on.
+        pub async fn stop_listening(&mut self) {
+            if let Some(task) = self.task.take() {
+                task.abort();
+                let _ = task.await;
+            }
+        }
+
+        /// Listen again on the same port.
+        pub async fn listen_again(&mut self) {
+            for _ in 0..100 {
+                if let Ok(listener) = TcpListener::bind(self.addr).await {
+                    self.serve(listener);
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            panic!("cannot listen on {} again", self.addr);
+        }
+    }
+
+    impl Drop for Backend {
+        fn drop(&mut self) {
+            if let Some(task) = self.task.take() {
+                task.abort();
+            }
+        }
+    }
+
+    async fn greet_and_echo(mut stream: TcpStream, greeting: String) -> std::io::Result<()> {
+        stream.write_all(greeting.as_bytes()).await?;
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = stream.read(&mut buf).await?;
+            if n == 0 {
+                // Counted as closed from here: before the FIN goes back.
+                return Ok(());
+            }
+            stream.write_all(&buf[..n]).await?;
+        }
+    }
+
+    /// A `[[service]]` table named `svc` with these backends in order.
+    pub fn service(
+        name: &str,
+        listen: SocketAddr,
+        settings: &str,
+        backends: &[&Backend],
+    ) -> String {
+        let mut text =
+            format!("[[service]]\nname = \"{name}\"\nlisten = \"{listen}\"\n{settings}\n");
+        for b in backends {
+            text.push_str(&format!(
+                "[[service.backend]]\nname = \"{}\"\naddress = \"{}\"\n",
+                b.name, b.addr
+            ));
+        }
+        text
+    }
+
+    /// One service `svc` on a fresh port; `Instance::start` reads it back.
+    pub fn one_service(settings: &str, backends: &[&Backend]) -> String {
+        service("svc", free_port(), settings, backends)
+    }
+
+    /// The binary under test: `FAILOVERD_BIN`, else this crate's build.
+    pub fn bin() -> PathBuf {
+        std::env::var_os("FAILOVERD_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_failoverd")))
+    }
+
+    /// A temporary directory removed on drop.
+    pub struct TempDir(pub PathBuf);
+
+    impl TempDir {
+        pub fn new() -> TempDir {
+            static N: AtomicUsize = AtomicUsize::new(0);
+            let dir = std::env::temp_dir().join(format!(
+                "failoverd-hardening-a-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::create_dir_all(&dir).expect("temp dir");
+            TempDir(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// `failoverd run` as a child process; killed on drop.
+    pub struct Instance {
+        child: Child,
+        /// The first service's listen address.
+        pub addr: SocketAddr,
+        pub config: PathBuf,
+        pub log: PathBuf,
+        pub socket: Option<PathBuf>,
+        _dir: TempDir,
+    }
+
+    impl Instance {
+        /// Start on `services` and wait until the first one accepts.
+        pub async fn start(services: &str) -> Instance {
+            let instance = Instance::spawn(services, false);
+            instance.wait_listening().await;
+            instance
+        }
+
+        /// As `start`, with a control socket for `reload` and `ctl`.
+        pub async fn start_with_control(services: &str) -> Instance {
+            let instance = Instance::spawn(services, true);
+            instance.wait_listening().await;
+            instance
+        }
+
+        /// Start without waiting (for a start that is expected to fail).
+        pub fn spawn(services: &str, control: bool) -> Instance {
+            let dir = TempDir::new();
+            let config = dir.0.join("failoverd.toml");
+            let socket = control.then(|| dir.0.join("ctl.sock"));
+            let log = dir.0.join("stderr.log");
+            let addr = first_listen(services);
+            std::fs::write(&config, config_text(socket.as_ref(), services)).expect("write config");
+            let child = Command::new(bin())
+                .arg("run")
+                .arg("-c")
+                .arg(&config)
+                .env("RUST_LOG", "info")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).expect("log file"))
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin().display()));
+            Instance {
+                child,
+                addr,
+                config,
+                log,
+                socket,
+                _dir: dir,
+            }
+        }
+
+        async fn wait_listening(&self) {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while TcpStream::connect(self.addr).await.is_err() {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "failoverd did not listen on {}:\n{}",
+                    self.addr,
+                    self.log_text()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+
+        /// Wait for the process to exit (at most `limit`); its exit code.
+        pub async fn exit_code(&mut self, limit: Duration) -> Option<i32> {
+            let deadline = tokio::time::Instant::now() + limit;
+            loop {
+                if let Some(status) = self.child.try_wait().expect("try_wait") {
+                    return status.code();
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "failoverd still running after {limit:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+
+        pub fn log_text(&self) -> String {
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        }
+
+        /// Lines of the log that contain `pattern`.
+        pub fn log_count(&self, pattern: &str) -> usize {
+            self.log_text()
+                .lines()
+                .filter(|l| l.contains(pattern))
+                .count()
+        }
+
+        /// Write `services` as the new config and reload; panics unless applied.
+        pub async fn reload(&mut self, services: &str) {
+            let answer = self.try_reload(services).await;
+            assert_eq!(
+                answer["ok"],
+                true,
+                "reload not applied: {answer}\n{}",
+                self.log_text()
+            );
+        }
+
+        /// Write `services` and reload; the control socket's answer.
+        pub async fn try_reload(&mut self, services: &str) -> serde_json::Value {
+            std::fs::write(&self.config, config_text(self.socket.as_ref(), services))
+                .expect("write config");
+            self.ctl(r#"{"cmd":"reload"}"#).await
+        }
+
+        /// One request on the control socket.
+        pub async fn ctl(&self, request: &str) -> serde_json::Value {
+            let path = self
+                .socket
+                .as_ref()
+                .expect("instance started with a control socket");
+            let stream = UnixStream::connect(path)
+                .await
+                .expect("connect control socket");
+            let (read, mut write) = stream.into_split();
+            write
+                .write_all(format!("{request}\n").as_bytes())
+                .await
+                .expect("send request");
+            let mut lines = BufReader::new(read).lines();
+            let line = lines
+                .next_line()
+                .await
+                .expect("read answer")
+                .expect("an answer");
+            serde_json::from_str(&line).expect("answer is JSON")
+        }
+    }
+
+    impl Drop for Instance {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    fn config_text(socket: Option<&PathBuf>, services: &str) -> String {
+        match socket {
+            Some(path) => format!("[admin]\nsocket = \"{}\"\n\n{services}", path.display()),
+            None => services.to_string(),
+        }
+    }
+
+    fn first_listen(services: &str) -> SocketAddr {
+        services
+            .lines()
+            .find_map(|l| l.strip_prefix("listen = \""))
+            .and_then(|rest| rest.strip_suffix('"'))
+            .and_then(|addr| addr.parse().ok())
+            .expect("a listen address in the config")
+    }
+}
