@@ -69,7 +69,9 @@ mod tests {
 
     #[tokio::test]
     async fn waits_for_a_pending_connection_then_accepts_it() {
-        let std = crate::net::bind_std("127.0.0.1:0".parse().unwrap(), false, false).unwrap();
+        let std = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        std.set_nonblocking(true).unwrap();
+        socket2::SockRef::from(&std).set_tcp_nodelay(true).unwrap();
         let addr = std.local_addr().unwrap();
         let acceptor = Acceptor::register(std).unwrap();
         assert!(acceptor.try_accept().unwrap().is_none(), "empty queue");

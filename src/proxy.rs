@@ -26,12 +26,12 @@ use crate::service::Event;
 
 /// A start-up failure other than a bad config (exit status 1).
 #[derive(Debug, thiserror::Error)]
-#[error("service \"{service}\": cannot listen on {address}: {source}")]
+#[error("service \"{service}\": cannot listen on {address}: {cause}")]
 pub struct BindError {
     pub service: String,
     pub address: SocketAddr,
-    #[source]
-    pub source: io::Error,
+    /// In the message already, so not a `source` (the chain would repeat it).
+    pub cause: io::Error,
 }
 
 struct Running {
@@ -83,6 +83,11 @@ impl Proxy {
             stop_accept: CancellationToken::new(),
             workers,
         };
+        // Before any socket of ours exists, so only another process can
+        // hold these addresses (SPEC.md: a second instance exits 1).
+        for service in &config.services {
+            probe(service)?;
+        }
         let mut services = Vec::with_capacity(config.services.len());
         for service in &config.services {
             services.push(proxy.start_service(service)?);
@@ -120,6 +125,16 @@ impl Proxy {
                     && r.config.freebind == service.freebind
             });
             if !keep {
+                // An address one of our own listeners covers cannot be
+                // another instance's (it would have failed this probe).
+                let ours = |r: &Running| {
+                    r.bound
+                        .zip(service.listen)
+                        .is_some_and(|(a, b)| overlaps(a, b))
+                };
+                if !state.services.iter().any(ours) {
+                    probe(service)?;
+                }
                 let running = self.start_service(service)?;
                 fresh.insert(service.name.clone(), running);
             }
@@ -269,10 +284,10 @@ impl Proxy {
                 stop_accept,
             });
         };
-        let bind_error = |source| BindError {
+        let bind_error = |cause| BindError {
             service: config.name.clone(),
             address: listen,
-            source,
+            cause,
         };
         let reuseport = self.workers.len() > 1;
         let first = net::bind_std(listen, config.freebind, reuseport).map_err(bind_error)?;
@@ -299,6 +314,26 @@ impl Proxy {
             stop_accept,
         })
     }
+}
+
+/// Refuse a listen address another process serves (see `net::probe_unused`).
+fn probe(config: &ServiceConfig) -> Result<(), BindError> {
+    let Some(listen) = config.listen else {
+        return Ok(());
+    };
+    net::probe_unused(listen, config.freebind).map_err(|cause| BindError {
+        service: config.name.clone(),
+        address: listen,
+        cause,
+    })
+}
+
+/// Whether two listen addresses compete for the same connections: same
+/// family and port, and the same IP or a wildcard on either side.
+fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+    a.is_ipv4() == b.is_ipv4()
+        && a.port() == b.port()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
 /// `ctl status --json`, as in SPEC.md.

@@ -289,6 +289,76 @@ async fn reload_resizes_max_connections_in_place_under_load() {
 }
 
 // ---------------------------------------------------------------------------
+// Defect 4: a second instance on the same address exits 1 naming it.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_instance_on_a_served_address_exits_1_naming_it() {
+    within(30, async {
+        let backend = Backend::start("primary").await;
+        let config = one_service("check_interval = \"1h\"", &[&backend]);
+        let first = Instance::start(&config).await;
+        let mut second = Instance::spawn(&config, false);
+        let code = second.exit_code(Duration::from_secs(10)).await;
+        let log = second.log_text();
+        assert_eq!(
+            code,
+            Some(1),
+            "second instance on {}: exit {code:?}\n{log}",
+            first.addr
+        );
+        assert!(
+            log.contains(&first.addr.to_string()),
+            "the error does not name {}:\n{log}",
+            first.addr
+        );
+        // The first one serves every client, alone.
+        for _ in 0..20 {
+            let greeting = one_client(first.addr, Duration::from_secs(5)).await;
+            assert_eq!(greeting.as_deref(), Ok("OK primary"));
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_onto_an_address_another_process_serves_is_rejected() {
+    within(30, async {
+        let backend = Backend::start("primary").await;
+        let listen = free_port();
+        let mut proxy = Instance::start_with_control(&service(
+            "svc",
+            listen,
+            "check_interval = \"1h\"",
+            &[&backend],
+        ))
+        .await;
+        // Another program on the port, with SO_REUSEPORT as failoverd's own
+        // worker sockets have: the kernel would let a reload join it.
+        let theirs = reuseport_listener();
+        let taken = theirs.local_addr().unwrap();
+        let answer = proxy
+            .try_reload(&service(
+                "svc",
+                taken,
+                "check_interval = \"1h\"",
+                &[&backend],
+            ))
+            .await;
+        assert_eq!(answer["ok"], false, "reload onto {taken} applied: {answer}");
+        let error = answer["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains(&taken.to_string()),
+            "error does not name {taken}: {error}"
+        );
+        // Nothing changed: the old address serves.
+        let greeting = one_client(listen, Duration::from_secs(5)).await;
+        assert_eq!(greeting.as_deref(), Ok("OK primary"));
+        drop(theirs);
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------
 
 mod support {
     //! Small helpers for this file: a greeting backend, a config writer,
@@ -329,6 +399,19 @@ mod support {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// A listening socket on a fresh loopback port with SO_REUSEPORT, as
+    /// another failoverd's worker sockets have.
+    pub fn reuseport_listener() -> std::net::TcpListener {
+        use socket2::{Domain, Socket, Type};
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+        socket.set_reuse_address(true).expect("SO_REUSEADDR");
+        socket.set_reuse_port(true).expect("SO_REUSEPORT");
+        let addr: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        socket.bind(&addr.into()).expect("bind");
+        socket.listen(16).expect("listen");
+        socket.into()
     }
 
     /// A loopback port nothing listens on right now.
