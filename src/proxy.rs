@@ -88,10 +88,18 @@ impl Proxy {
         for service in &config.services {
             probe(service)?;
         }
-        let mut services = Vec::with_capacity(config.services.len());
+        // Bind everything before starting anything: a failure leaves
+        // nothing running.
+        let mut sockets = Vec::with_capacity(config.services.len());
         for service in &config.services {
-            services.push(proxy.start_service(service)?);
+            sockets.push(proxy.bind(service)?);
         }
+        let services = config
+            .services
+            .iter()
+            .zip(sockets)
+            .map(|(service, sockets)| proxy.start_service(service, sockets))
+            .collect();
         proxy.state.lock().await.services = services;
         Ok(Arc::new(proxy))
     }
@@ -116,8 +124,9 @@ impl Proxy {
     /// cannot be bound, nothing changes.
     pub async fn reload(&self, config: Config) -> Result<(), BindError> {
         let mut state = self.state.lock().await;
-        // Bind every new or moved listener first, so a failure changes nothing.
-        let mut fresh: HashMap<String, Running> = HashMap::new();
+        // Bind every new or moved listener before starting anything: on a
+        // failure the sockets bound so far close and nothing changes.
+        let mut fresh: HashMap<String, Option<Sockets>> = HashMap::new();
         for service in &config.services {
             let keep = state.services.iter().any(|r| {
                 r.config.name == service.name
@@ -135,15 +144,15 @@ impl Proxy {
                 if !state.services.iter().any(ours) {
                     probe(service)?;
                 }
-                let running = self.start_service(service)?;
-                fresh.insert(service.name.clone(), running);
+                fresh.insert(service.name.clone(), self.bind(service)?);
             }
         }
+        // Every bind succeeded: from here on nothing fails.
         let mut old: Vec<Running> = std::mem::take(&mut state.services);
         let mut next = Vec::with_capacity(config.services.len());
         for service in &config.services {
-            if let Some(running) = fresh.remove(&service.name) {
-                next.push(running);
+            if let Some(sockets) = fresh.remove(&service.name) {
+                next.push(self.start_service(service, sockets));
                 continue;
             }
             let Some(pos) = old.iter().position(|r| r.config.name == service.name) else {
@@ -268,21 +277,19 @@ impl Proxy {
     }
 }
 
+/// A service's listening sockets, one per worker: bound and listening
+/// (the kernel queues clients), not accepting yet.
+struct Sockets {
+    addr: SocketAddr,
+    sockets: Vec<std::net::TcpListener>,
+}
+
 impl Proxy {
-    /// Bind a service's sockets (one per worker), start its engine on this
-    /// runtime and its accept loops on the workers.
-    fn start_service(&self, config: &ServiceConfig) -> Result<Running, BindError> {
-        let stop_accept = self.stop_accept.child_token();
+    /// Bind a service's sockets, one per worker; `None` for a service
+    /// without `listen`. Starts nothing.
+    fn bind(&self, config: &ServiceConfig) -> Result<Option<Sockets>, BindError> {
         let Some(listen) = config.listen else {
-            // DNS failover only: checks and the engine, no listener.
-            let engine = engine::start(config, &self.force_close);
-            info!(service = %config.name, "monitoring only (no listen address)");
-            return Ok(Running {
-                config: config.clone(),
-                bound: None,
-                engine,
-                stop_accept,
-            });
+            return Ok(None);
         };
         let bind_error = |cause| BindError {
             service: config.name.clone(),
@@ -292,27 +299,53 @@ impl Proxy {
         let reuseport = self.workers.len() > 1;
         let first = net::bind_std(listen, config.freebind, reuseport).map_err(bind_error)?;
         // With port 0 the others must join the port the kernel picked.
-        let bound = first.local_addr().map_err(bind_error)?;
+        let addr = first.local_addr().map_err(bind_error)?;
         let mut sockets = vec![first];
         for _ in 1..self.workers.len() {
-            sockets.push(net::bind_std(bound, config.freebind, true).map_err(bind_error)?);
+            sockets.push(net::bind_std(addr, config.freebind, true).map_err(bind_error)?);
         }
+        Ok(Some(Sockets { addr, sockets }))
+    }
+
+    /// Start a service's engine on this runtime and, on its bound sockets,
+    /// its accept loops on the workers.
+    fn start_service(&self, config: &ServiceConfig, sockets: Option<Sockets>) -> Running {
         let engine = engine::start(config, &self.force_close);
-        for (socket, worker) in sockets.into_iter().zip(&self.workers) {
+        let stop_accept = self.stop_accept.child_token();
+        let bound = match sockets {
+            Some(sockets) => Some(self.accept_on(config, sockets, &engine, &stop_accept)),
+            None => {
+                // DNS failover only: checks and the engine, no listener.
+                info!(service = %config.name, "monitoring only (no listen address)");
+                None
+            }
+        };
+        Running {
+            config: config.clone(),
+            bound,
+            engine,
+            stop_accept,
+        }
+    }
+
+    /// One accept loop per worker on `sockets`, until `stop` fires.
+    fn accept_on(
+        &self,
+        config: &ServiceConfig,
+        sockets: Sockets,
+        engine: &EngineHandle,
+        stop: &CancellationToken,
+    ) -> SocketAddr {
+        for (socket, worker) in sockets.sockets.into_iter().zip(&self.workers) {
             worker.spawn(listener::accept_loop(
                 socket,
                 Arc::clone(&engine.service),
-                stop_accept.clone(),
+                stop.clone(),
                 self.connections.clone(),
             ));
         }
-        info!(service = %config.name, listen = %bound, workers = self.workers.len(), "listening");
-        Ok(Running {
-            config: config.clone(),
-            bound: Some(bound),
-            engine,
-            stop_accept,
-        })
+        info!(service = %config.name, listen = %sockets.addr, workers = self.workers.len(), "listening");
+        sockets.addr
     }
 }
 

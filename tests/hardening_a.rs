@@ -359,6 +359,41 @@ async fn a_reload_onto_an_address_another_process_serves_is_rejected() {
 }
 
 // ---------------------------------------------------------------------------
+// Defect 5: a reload that fails on one service leaves no new listener behind.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_reload_leaves_no_new_listener_and_the_old_config_serves() {
+    within(30, async {
+        let backend = Backend::start("primary").await;
+        let (a1, b1, a2) = (free_port(), free_port(), free_port());
+        // TEST-NET-1 (RFC 5737): not on this host, and no freebind.
+        let unbindable: SocketAddr = format!("192.0.2.1:{}", free_port().port()).parse().unwrap();
+        let settings = "check_interval = \"1h\"";
+        let config = |a: SocketAddr, b: SocketAddr| {
+            service("a", a, settings, &[&backend]) + &service("b", b, settings, &[&backend])
+        };
+        let mut proxy = Instance::start_with_control(&config(a1, b1)).await;
+        let answer = proxy.try_reload(&config(a2, unbindable)).await;
+        assert_eq!(answer["ok"], false, "reload with {unbindable} applied: {answer}");
+        let error = answer["error"].as_str().unwrap_or_default();
+        assert!(error.contains(&unbindable.to_string()), "error does not name {unbindable}: {error}");
+        // Service a's new address was bound before b failed: it must be closed.
+        for _ in 0..10 {
+            if let Ok(mut stream) = TcpStream::connect(a2).await {
+                let served = tokio::time::timeout(Duration::from_secs(2), read_line(&mut stream)).await;
+                panic!("{a2} (a's address in the rejected config) accepts a client after the failed reload; served: {served:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for (name, addr) in [("a", a1), ("b", b1)] {
+            let greeting = one_client(addr, Duration::from_secs(5)).await;
+            assert_eq!(greeting.as_deref(), Ok("OK primary"), "service {name} on its old address {addr}");
+        }
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------
 
 mod support {
     //! Small helpers for this file: a greeting backend, a config writer,
