@@ -120,8 +120,9 @@ impl Proxy {
     }
 
     /// Apply a validated config (SPEC.md: SIGHUP). Services are matched by
-    /// name; an unchanged listen address keeps its socket. If a new address
-    /// cannot be bound, nothing changes.
+    /// name and keep their engine (health state, connections); an unchanged
+    /// listen address keeps its socket, a moved one gets new sockets. If a
+    /// new address cannot be bound, nothing changes.
     pub async fn reload(&self, config: Config) -> Result<(), BindError> {
         let mut state = self.state.lock().await;
         // Bind every new or moved listener before starting anything: on a
@@ -151,13 +152,13 @@ impl Proxy {
         let mut old: Vec<Running> = std::mem::take(&mut state.services);
         let mut next = Vec::with_capacity(config.services.len());
         for service in &config.services {
-            if let Some(sockets) = fresh.remove(&service.name) {
+            let Some(pos) = old.iter().position(|r| r.config.name == service.name) else {
+                let sockets = fresh.remove(&service.name).flatten();
                 next.push(self.start_service(service, sockets));
                 continue;
-            }
-            let Some(pos) = old.iter().position(|r| r.config.name == service.name) else {
-                continue;
             };
+            // A service keeps its engine, so its health state and the close
+            // tokens of its connections, even when its listener moves.
             let mut running = old.swap_remove(pos);
             running
                 .engine
@@ -166,11 +167,14 @@ impl Proxy {
                     reply,
                 })
                 .await;
+            if let Some(sockets) = fresh.remove(&service.name) {
+                self.move_listener(&mut running, service, sockets);
+            }
             running.config = service.clone();
             next.push(running);
         }
-        // Services removed, or whose listen address moved: close the old
-        // listener; their established connections drain on their own.
+        // Services removed: close the listener; their established
+        // connections drain on their own.
         for gone in old {
             if let Some(listen) = gone.bound {
                 info!(service = %gone.config.name, %listen, "listener closed by reload");
@@ -326,6 +330,25 @@ impl Proxy {
             engine,
             stop_accept,
         }
+    }
+
+    /// Swap a running service's listener for `sockets` (None: it listens
+    /// no more): the new accept loops start, then the old ones stop.
+    /// Established connections are not touched.
+    fn move_listener(
+        &self,
+        running: &mut Running,
+        config: &ServiceConfig,
+        sockets: Option<Sockets>,
+    ) {
+        let stop = self.stop_accept.child_token();
+        let bound = sockets.map(|s| self.accept_on(config, s, &running.engine, &stop));
+        running.stop_accept.cancel();
+        running.stop_accept = stop;
+        if let Some(listen) = running.bound {
+            info!(service = %config.name, %listen, "listener closed by reload");
+        }
+        running.bound = bound;
     }
 
     /// One accept loop per worker on `sockets`, until `stop` fires.

@@ -394,6 +394,79 @@ async fn a_failed_reload_leaves_no_new_listener_and_the_old_config_serves() {
 }
 
 // ---------------------------------------------------------------------------
+// Defect 6: a reload that moves the listen address keeps health state.
+
+/// Health checks that pass on `OK` greetings, fast enough for a test.
+const ROLE_CHECKS: &str = "check_interval = \"200ms\"\ncheck_timeout = \"200ms\"\n\
+     check_expect = \"OK\"\nfall = 2\nrise = 2\non_switch = \"close\"";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_moving_the_listen_address_keeps_health_and_connections() {
+    within(60, async {
+        let primary = Backend::start("primary").await;
+        primary.set_healthy(false);
+        let backup = Backend::start("backup").await;
+        let (old, new) = (free_port(), free_port());
+        let mut proxy =
+            Instance::start_with_control(&service("svc", old, ROLE_CHECKS, &[&primary, &backup])).await;
+        // The primary fails its checks: traffic moves to the backup.
+        eventually(Duration::from_secs(10), "traffic on the backup", || async {
+            one_client(old, Duration::from_secs(2)).await.as_deref() == Ok("OK backup")
+        })
+        .await;
+        let switches = proxy.log_count("active backend switched");
+        assert_eq!(switches, 1, "one switch, primary -> backup:\n{}", proxy.log_text());
+        let mut before = TcpStream::connect(old).await.unwrap();
+        assert_eq!(read_line(&mut before).await.unwrap(), "OK backup");
+
+        proxy.reload(&service("svc", new, ROLE_CHECKS, &[&primary, &backup])).await;
+        // Each check below adds what it saw, so a run shows every defect.
+        let mut problems = Vec::new();
+        // Right after the reload and for a while, the new address serves
+        // from the backup: the primary is still down.
+        let until = tokio::time::Instant::now() + Duration::from_millis(1500);
+        let (mut clients, mut wrong) = (0, Vec::new());
+        while tokio::time::Instant::now() < until {
+            let greeting = one_client(new, Duration::from_secs(2)).await;
+            if greeting.as_deref() != Ok("OK backup") {
+                wrong.push(format!("client {clients}: {greeting:?}"));
+            }
+            clients += 1;
+        }
+        if !wrong.is_empty() {
+            problems.push(format!(
+                "{} of {clients} clients on {new} in the 1.5 s after the reload not served by the backup: {}",
+                wrong.len(),
+                wrong.iter().take(3).cloned().collect::<Vec<_>>().join(", ")
+            ));
+        }
+        if TcpStream::connect(old).await.is_ok() {
+            problems.push(format!("{old} still accepts after the move"));
+        }
+        let switches = proxy.log_count("active backend switched");
+        if switches != 1 {
+            problems.push(format!("{switches} switches logged, 1 before the reload"));
+        }
+
+        // A later switch (failback) closes the connection made before the reload.
+        primary.set_healthy(true);
+        eventually(Duration::from_secs(10), "failback to the primary", || async {
+            one_client(new, Duration::from_secs(2)).await.as_deref() == Ok("OK primary")
+        })
+        .await;
+        let mut buf = [0u8; 1];
+        let closed = tokio::time::timeout(Duration::from_secs(3), before.read(&mut buf)).await;
+        if !matches!(closed, Ok(Ok(0)) | Ok(Err(_))) {
+            problems.push(format!(
+                "the connection on the backup made before the reload is still open 3 s after the failback ({closed:?})"
+            ));
+        }
+        assert!(problems.is_empty(), "{}\n{}", problems.join("\n"), proxy.log_text());
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------
 
 mod support {
     //! Small helpers for this file: a greeting backend, a config writer,
