@@ -8,6 +8,7 @@
 //! pointer, logs, counts, closes connections on the other backends
 //! (`on_switch = "close"`) and runs `notify`. It never touches client bytes.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, MutexGuard};
 use std::time::Instant;
 
@@ -80,6 +81,7 @@ pub fn start(config: &ServiceConfig, force_close: &CancellationToken) -> EngineH
         client_failures: metrics::counter!(m::CLIENT_FAILURES_TOTAL, "service" => config.name.clone()),
         client_failure_log: LogLimit::new(),
         limit: Limit::new(config.settings.max_connections),
+        fallbacks: AtomicBool::new(false),
         events: tx,
     });
     let stop = CancellationToken::new();
@@ -128,6 +130,14 @@ impl Engine {
                 if self.contains(&backend) {
                     self.record_check(&backend, ok);
                 }
+                let next = self.evaluate(None);
+                if ok {
+                    self.close_fallbacks(&backend);
+                }
+                next
+            }
+            Event::ActiveServes(backend) => {
+                self.close_fallbacks(&backend);
                 self.evaluate(None)
             }
             Event::PassiveDown(backend) => {
@@ -189,6 +199,33 @@ impl Engine {
         if health.hysteresis.force_down() {
             self.flip(backend, health, false, SwitchReason::Passive);
         }
+    }
+
+    /// `backend` just proved to serve (a passing check, a client connect):
+    /// if it is the active one, close the connections that fell back to
+    /// other backends (`on_switch = "close"`, see `Service::note_fallback`).
+    fn close_fallbacks(&self, backend: &Arc<Backend>) {
+        let snapshot = self.service.snapshot();
+        let active = snapshot.active_backend();
+        if !active.is_some_and(|a| Arc::ptr_eq(a, backend))
+            || snapshot.settings.on_switch != OnSwitch::Close
+            || !self.service.fallbacks.swap(false, Ordering::SeqCst)
+        {
+            return;
+        }
+        let mut closed = 0;
+        for b in snapshot
+            .backends
+            .iter()
+            .filter(|b| !Arc::ptr_eq(b, backend))
+        {
+            closed += b.connections();
+            b.close_connections();
+        }
+        info!(
+            service = %self.service.name, active = %backend.name, closed,
+            "closed connections that fell back to a backend other than the active one"
+        );
     }
 
     /// Publish an up/down change that rise/fall or passive detection made.
@@ -281,6 +318,9 @@ impl Engine {
             "active backend switched"
         );
         if settings.on_switch == OnSwitch::Close {
+            // Every connection off the new active backend closes here,
+            // fallen-back ones included.
+            self.service.fallbacks.store(false, Ordering::SeqCst);
             for (i, b) in backends.iter().enumerate() {
                 if Some(i) != active {
                     b.close_connections();

@@ -467,6 +467,180 @@ async fn a_reload_moving_the_listen_address_keeps_health_and_connections() {
 }
 
 // ---------------------------------------------------------------------------
+// Defect 7: no connection stays on a backend other than the active one
+// under on_switch = "close".
+
+/// Wait until `stream` is closed by the proxy (EOF or reset), at most `limit`.
+async fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
+    let mut buf = [0u8; 64];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// The primary refuses one connect (it is restarting); that client falls
+/// back to the backup; the primary listens again and stays active.
+/// Returns the client that fell back.
+async fn fall_back_once(proxy: &Instance, primary: &mut Backend) -> TcpStream {
+    eventually(
+        Duration::from_secs(10),
+        "traffic on the primary",
+        || async {
+            one_client(proxy.addr, Duration::from_secs(2))
+                .await
+                .as_deref()
+                == Ok("OK primary")
+        },
+    )
+    .await;
+    primary.stop_listening().await;
+    let mut fell_back = TcpStream::connect(proxy.addr).await.unwrap();
+    assert_eq!(read_line(&mut fell_back).await.unwrap(), "OK backup");
+    primary.listen_again().await;
+    fell_back
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fallback_connection_closes_when_the_active_backend_takes_a_new_one() {
+    within(30, async {
+        let mut primary = Backend::start("primary").await;
+        let backup = Backend::start("backup").await;
+        // Checks at start only; one refused connect is below passive_errors.
+        let settings = "check_interval = \"1h\"\npassive_errors = 3\non_switch = \"close\"";
+        let proxy = Instance::start(&one_service(settings, &[&primary, &backup])).await;
+        let mut fell_back = fall_back_once(&proxy, &mut primary).await;
+        // The primary is active and takes the next client: now two
+        // backends would take writes.
+        let greeting = one_client(proxy.addr, Duration::from_secs(5)).await;
+        assert_eq!(
+            greeting.as_deref(),
+            Ok("OK primary"),
+            "the primary stayed active"
+        );
+        assert!(
+            closed_within(&mut fell_back, Duration::from_secs(3)).await,
+            "the connection that fell back to the backup is still open 3 s after the active \
+             primary took a new client\n{}",
+            proxy.log_text()
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fallback_connection_closes_at_the_active_backends_next_passing_check() {
+    within(30, async {
+        let mut primary = Backend::start("primary").await;
+        let backup = Backend::start("backup").await;
+        let settings = "check_interval = \"300ms\"\ncheck_timeout = \"300ms\"\n\
+                        passive_errors = 3\non_switch = \"close\"";
+        let proxy = Instance::start(&one_service(settings, &[&primary, &backup])).await;
+        let mut fell_back = fall_back_once(&proxy, &mut primary).await;
+        // No new client: the primary's next passing check is the proof.
+        assert!(
+            closed_within(&mut fell_back, Duration::from_secs(3)).await,
+            "the connection that fell back to the backup is still open 3 s (10 checks) later\n{}",
+            proxy.log_text()
+        );
+        assert_eq!(
+            proxy.log_count("active backend switched"),
+            0,
+            "no switch in this test"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_keep_a_fallback_connection_stays_open() {
+    within(30, async {
+        let mut primary = Backend::start("primary").await;
+        let backup = Backend::start("backup").await;
+        let settings = "check_interval = \"300ms\"\ncheck_timeout = \"300ms\"\n\
+                        passive_errors = 3\non_switch = \"keep\"";
+        let proxy = Instance::start(&one_service(settings, &[&primary, &backup])).await;
+        let mut fell_back = fall_back_once(&proxy, &mut primary).await;
+        assert_eq!(
+            one_client(proxy.addr, Duration::from_secs(5))
+                .await
+                .as_deref(),
+            Ok("OK primary")
+        );
+        assert!(
+            !closed_within(&mut fell_back, Duration::from_secs(1)).await,
+            "closed under keep"
+        );
+        fell_back.write_all(b"z").await.unwrap();
+        let mut echo = [0u8; 1];
+        fell_back.read_exact(&mut echo).await.unwrap();
+        assert_eq!(&echo, b"z");
+    })
+    .await;
+}
+
+/// A switch lands while a connection is still choosing: its connect to the
+/// active backend hangs (black-holed), and meanwhile the active backend is
+/// disabled, which moves traffic to the third backend and closes the
+/// second's connections. The connection must not then settle on the
+/// second backend, chosen from the snapshot it loaded before the switch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switch_during_a_slow_connect_is_not_slipped_past() {
+    within(30, async {
+        let hole = BlackHole::start();
+        let second = Backend::start("second").await;
+        let third = Backend::start("third").await;
+        // Manual failback: re-enabling "second" does not switch back.
+        let settings = "check_interval = \"1h\"\nconnect_timeout = \"2s\"\npassive_errors = 0\n\
+                        failback = \"manual\"\non_switch = \"close\"";
+        let backends = [
+            ("first", hole.addr),
+            ("second", second.addr),
+            ("third", third.addr),
+        ];
+        let proxy =
+            Instance::start_with_control(&service_with("svc", free_port(), settings, &backends))
+                .await;
+        // The start-up check has passed (first is active); now it takes no more.
+        hole.fill().await;
+        let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+        // The connection has loaded its snapshot (first active) and hangs
+        // in the connect to first for 2 s; meanwhile:
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for (cmd, backend) in [
+            ("disable", "second"),
+            ("disable", "first"),
+            ("enable", "second"),
+        ] {
+            let answer = proxy
+                .ctl(&format!(
+                    r#"{{"cmd":"{cmd}","service":"svc","backend":"{backend}"}}"#
+                ))
+                .await;
+            assert_eq!(answer["ok"], true, "{cmd} {backend}: {answer}");
+        }
+        let status = proxy.ctl(r#"{"cmd":"status"}"#).await;
+        assert_eq!(
+            status["status"]["services"][0]["active"], "third",
+            "{status}"
+        );
+        let greeting = tokio::time::timeout(Duration::from_secs(5), read_line(&mut client)).await;
+        let greeting = greeting.expect("served within 5 s").expect("served");
+        assert_eq!(
+            greeting,
+            "OK third",
+            "the client ended on a backend the switch to third had closed: split brain\n{}",
+            proxy.log_text()
+        );
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------
 
 mod support {
     //! Small helpers for this file: a greeting backend, a config writer,
@@ -553,21 +727,16 @@ mod support {
         pub name: String,
         pub addr: SocketAddr,
         healthy: Arc<AtomicBool>,
-        /// Connections open now (health checks included).
-        open: Arc<AtomicUsize>,
         task: Option<JoinHandle<()>>,
     }
 
     impl Backend {
         pub async fn start(name: &str) -> Backend {
-            let listener = TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind backend");
+            let listener = listen("127.0.0.1:0".parse().expect("addr")).expect("bind backend");
             let mut backend = Backend {
                 name: name.to_string(),
                 addr: listener.local_addr().expect("backend addr"),
                 healthy: Arc::new(AtomicBool::new(true)),
-                open: Arc::new(AtomicUsize::new(0)),
                 task: None,
             };
             backend.serve(listener);
@@ -575,14 +744,12 @@ mod support {
         }
 
         fn serve(&mut self, listener: TcpListener) {
-            let (name, healthy, open) = (
-                self.name.clone(),
-                Arc::clone(&self.healthy),
-                Arc::clone(&self.open),
-            );
+            let (name, healthy) = (self.name.clone(), Arc::clone(&self.healthy));
             self.task = Some(tokio::spawn(async move {
                 loop {
                     let Ok((stream, _)) = listener.accept().await else {
+                        // Out of fds, say: do not spin.
+                        tokio::time::sleep(Duration::from_millis(10)).await;
                         continue;
                     };
                     let state = if healthy.load(Ordering::SeqCst) {
@@ -591,23 +758,14 @@ mod support {
                         "DOWN"
                     };
                     let greeting = format!("{state} {name}\n");
-                    let open = Arc::clone(&open);
-                    open.fetch_add(1, Ordering::SeqCst);
                     // Detached: stopping the listener leaves them open.
-                    tokio::spawn(async move {
-                        let _ = greet_and_echo(stream, greeting).await;
-                        open.fetch_sub(1, Ordering::SeqCst);
-                    });
+                    tokio::spawn(greet_and_echo(stream, greeting));
                 }
             }));
         }
 
         pub fn set_healthy(&self, healthy: bool) {
             self.healthy.store(healthy, Ordering::SeqCst);
-        }
-
-        pub fn open(&self) -> usize {
-            self.open.load(Ordering::SeqCst)
         }
 
         /// Stop listening (new connects are refused); open connections go on.
@@ -621,7 +779,7 @@ mod support {
         /// Listen again on the same port.
         pub async fn listen_again(&mut self) {
             for _ in 0..100 {
-                if let Ok(listener) = TcpListener::bind(self.addr).await {
+                if let Ok(listener) = listen(self.addr) {
                     self.serve(listener);
                     return;
                 }
@@ -639,32 +797,93 @@ mod support {
         }
     }
 
+    /// A listener with a deep accept queue, as failoverd's own: a burst of
+    /// reconnects must not overflow it (the kernel would drop SYNs and the
+    /// proxy's connect time out).
+    fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+        use socket2::{Domain, Socket, Type};
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        socket.set_reuse_address(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(4096)?;
+        TcpListener::from_std(socket.into())
+    }
+
+    /// A listener that never accepts, with the shortest queue: once one
+    /// connection waits in it the kernel drops every SYN, so connects hang
+    /// (a black-holed backend, on loopback).
+    pub struct BlackHole {
+        pub addr: SocketAddr,
+        _listener: std::net::TcpListener,
+        fillers: std::sync::Mutex<Vec<TcpStream>>,
+    }
+
+    impl BlackHole {
+        pub fn start() -> BlackHole {
+            use socket2::{Domain, Socket, Type};
+            let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+            let addr: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+            socket.bind(&addr.into()).expect("bind");
+            socket.listen(0).expect("listen");
+            let listener: std::net::TcpListener = socket.into();
+            BlackHole {
+                addr: listener.local_addr().expect("addr"),
+                _listener: listener,
+                fillers: std::sync::Mutex::new(Vec::new()),
+            }
+        }
+
+        /// Connect until a connect hangs: from then on, every one does.
+        pub async fn fill(&self) {
+            for _ in 0..16 {
+                let connect = TcpStream::connect(self.addr);
+                match tokio::time::timeout(Duration::from_millis(300), connect).await {
+                    Ok(Ok(stream)) => self.fillers.lock().expect("lock").push(stream),
+                    Ok(Err(e)) => panic!("connect to the black hole {}: {e}", self.addr),
+                    Err(_) => return,
+                }
+            }
+            panic!("the black hole {} keeps accepting connects", self.addr);
+        }
+    }
+
     async fn greet_and_echo(mut stream: TcpStream, greeting: String) -> std::io::Result<()> {
         stream.write_all(greeting.as_bytes()).await?;
         let mut buf = [0u8; 4096];
         loop {
             let n = stream.read(&mut buf).await?;
             if n == 0 {
-                // Counted as closed from here: before the FIN goes back.
                 return Ok(());
             }
             stream.write_all(&buf[..n]).await?;
         }
     }
 
-    /// A `[[service]]` table named `svc` with these backends in order.
+    /// A `[[service]]` table with these backends in order.
     pub fn service(
         name: &str,
         listen: SocketAddr,
         settings: &str,
         backends: &[&Backend],
     ) -> String {
+        let pairs: Vec<(&str, SocketAddr)> =
+            backends.iter().map(|b| (b.name.as_str(), b.addr)).collect();
+        service_with(name, listen, settings, &pairs)
+    }
+
+    /// As [`service`], with backends given as (name, address).
+    pub fn service_with(
+        name: &str,
+        listen: SocketAddr,
+        settings: &str,
+        backends: &[(&str, SocketAddr)],
+    ) -> String {
         let mut text =
             format!("[[service]]\nname = \"{name}\"\nlisten = \"{listen}\"\n{settings}\n");
-        for b in backends {
+        for (backend, addr) in backends {
             text.push_str(&format!(
-                "[[service.backend]]\nname = \"{}\"\naddress = \"{}\"\n",
-                b.name, b.addr
+                "[[service.backend]]\nname = \"{backend}\"\naddress = \"{addr}\"\n"
             ));
         }
         text
