@@ -1,9 +1,20 @@
 //! One client connection: choose a backend, connect (trying the next one on
 //! failure), then hand both sockets to `forward`.
 //!
-//! The snapshot is loaded once and kept for the connection's life. Only
-//! backend-side connect failures feed passive detection; client-side errors
-//! never count against a backend.
+//! Only backend-side connect failures feed passive detection; client-side
+//! errors never count against a backend.
+//!
+//! Under `on_switch = "close"` no connection may outlive a switch away from
+//! its backend. So a connection registers on a backend (takes its close
+//! token) *before* it checks that the snapshot it chose from is still
+//! current, and chooses again if a switch slipped in (`Service::register`).
+//! A connection whose connect fell back to a backend that is not the
+//! active one (the active one refused or timed out, yet is not down) is
+//! tied to the active backend's health: it is closed as soon as the active
+//! backend proves to serve again, at its next passing check or its next
+//! client connect, or kept if a switch makes its backend the active one.
+//! A database thus takes writes on two servers at most until the primary
+//! is seen serving again, never for the rest of a long session.
 
 use std::io;
 use std::net::SocketAddr;
@@ -12,48 +23,109 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::config::OnSwitch;
 use crate::forward::{self, ForwardOptions};
+use crate::limit::Slot;
 use crate::net;
 use crate::ratelimit::LogLimit;
-use crate::service::{Backend, Service};
+use crate::service::{Backend, Service, Snapshot};
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
-/// Serve one accepted client. `_permit` holds a `max_connections` slot.
-pub async fn handle(
-    client: TcpStream,
-    peer: SocketAddr,
-    service: Arc<Service>,
-    _permit: Option<OwnedSemaphorePermit>,
-) {
+/// How many times a connection chooses again because a switch replaced
+/// the snapshot between its choice and its registration; the last round
+/// goes ahead regardless (a switch closes it, or it is a fallback).
+const CHOOSE_ROUNDS: u32 = 3;
+
+/// A backend connection ready to forward.
+struct Connected {
+    backend: Arc<Backend>,
+    upstream: TcpStream,
+    /// Taken before the connect, so a switch during it still closes this.
+    close: CancellationToken,
+}
+
+enum Attempt {
+    Connected(Connected),
+    /// A switch or reload replaced the snapshot: choose again.
+    Switched,
+    /// Every backend failed (or a local resource error stopped the tries).
+    Failed,
+}
+
+/// Serve one accepted client. `_slot` holds its `max_connections` slot.
+pub async fn handle(client: TcpStream, peer: SocketAddr, service: Arc<Service>, _slot: Slot) {
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     // TCP_NODELAY and keepalive came from the listener (see `net::bind_std`).
-    let snapshot = service.snapshot();
+    let mut snapshot = service.snapshot();
+    let mut round = 1;
+    let connected = loop {
+        match connect(&service, &snapshot, id, round < CHOOSE_ROUNDS).await {
+            Attempt::Connected(connected) => break Some(connected),
+            Attempt::Switched => {
+                round += 1;
+                snapshot = service.snapshot();
+            }
+            Attempt::Failed => break None,
+        }
+    };
+    let Some(Connected {
+        backend,
+        upstream,
+        close,
+    }) = connected
+    else {
+        service.client_failures.increment(1);
+        if let Some(suppressed) = service.client_failure_log.check() {
+            warn!(service = %service.name, id, %peer, suppressed, "every backend failed, closing client");
+        }
+        return;
+    };
+    let settings = &snapshot.settings;
+    if settings.on_switch == OnSwitch::Close {
+        // Against the snapshot of now, after the connect: a switch to this
+        // backend meanwhile makes it no fallback.
+        if service.is_active(&backend) {
+            service.confirm_active(&backend);
+        } else {
+            service.note_fallback();
+        }
+    }
+    let options = ForwardOptions {
+        zero_copy: settings.zero_copy,
+        idle_timeout: settings.idle_timeout,
+    };
+    let _guard = backend.open_connection();
+    let started = Instant::now();
+    let result = forward::forward(client, upstream, options, &backend.metrics.bytes, &close).await;
+    log_end(&service, &backend, id, peer, started, result);
+}
+
+/// Try the backends of `snapshot` in order. With `verify`, return
+/// [`Attempt::Switched`] when a switch replaced `snapshot` before a
+/// connection registered on its backend.
+async fn connect(service: &Service, snapshot: &Arc<Snapshot>, id: u64, verify: bool) -> Attempt {
     let settings = &snapshot.settings;
     for backend in snapshot.connect_order() {
-        // Taken before connecting, so a switch during the connect still
-        // closes this connection.
-        let close = backend.close_token();
+        let close = match service.register(snapshot, backend) {
+            Some(close) => close,
+            None if verify => return Attempt::Switched,
+            None => backend.close_token(),
+        };
         match net::connect(backend.addresses(), settings.connect_timeout).await {
             Ok(upstream) => {
                 backend.record_connect_ok();
                 if let Err(err) = net::tune(&upstream) {
                     debug!(service = %service.name, id, error = %err, "backend socket options failed");
                 }
-                let options = ForwardOptions {
-                    zero_copy: settings.zero_copy,
-                    idle_timeout: settings.idle_timeout,
-                };
-                let _guard = backend.open_connection();
-                let started = Instant::now();
-                let result =
-                    forward::forward(client, upstream, options, &backend.metrics.bytes, &close)
-                        .await;
-                log_end(&service, backend, id, peer, started, result);
-                return;
+                return Attempt::Connected(Connected {
+                    backend: Arc::clone(backend),
+                    upstream,
+                    close,
+                });
             }
             Err(err) if net::is_resource_error(&err) => {
                 // Out of fds or memory here: not the backend's fault, and
@@ -62,7 +134,7 @@ pub async fn handle(
                 if let Some(suppressed) = LIMIT.check() {
                     warn!(service = %service.name, id, error = %err, suppressed, "no resources to connect, closing client");
                 }
-                break;
+                return Attempt::Failed;
             }
             Err(err) if net::is_local_error(&err) => {
                 // No free local port, or a local firewall: this host's
@@ -89,10 +161,7 @@ pub async fn handle(
             }
         }
     }
-    service.client_failures.increment(1);
-    if let Some(suppressed) = service.client_failure_log.check() {
-        warn!(service = %service.name, id, %peer, suppressed, "every backend failed, closing client");
-    }
+    Attempt::Failed
 }
 
 fn log_end(

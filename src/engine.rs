@@ -9,6 +9,7 @@
 //! (`on_switch = "close"`) and runs `notify`. It never touches client bytes.
 
 use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, MutexGuard};
 use std::time::Instant;
 
@@ -21,11 +22,12 @@ use tracing::info;
 use crate::config::{OnSwitch, ServiceConfig};
 use crate::dns::Publish;
 use crate::health;
+use crate::limit::Limit;
 use crate::metrics as m;
 use crate::notify;
 use crate::policy::{self, BackendView, Cause, Policy, SwitchReason};
 use crate::ratelimit::LogLimit;
-use crate::service::{Backend, Event, Health, Limit, Service, Snapshot};
+use crate::service::{Backend, Event, Health, Service, Snapshot};
 
 /// A running engine: the service it steers and how to stop it.
 pub struct EngineHandle {
@@ -86,7 +88,8 @@ pub fn start(
         }),
         client_failures: metrics::counter!(m::CLIENT_FAILURES_TOTAL, "service" => config.name.clone()),
         client_failure_log: LogLimit::new(),
-        limit: ArcSwap::from_pointee(Limit::new(config.settings.max_connections)),
+        limit: Limit::new(config.settings.max_connections),
+        fallbacks: AtomicBool::new(false),
         events: tx,
     });
     let stop = CancellationToken::new();
@@ -147,6 +150,14 @@ impl Engine {
                 if self.contains(&backend) {
                     self.record_check(&backend, ok);
                 }
+                let next = self.evaluate(None);
+                if ok {
+                    self.close_fallbacks(&backend);
+                }
+                next
+            }
+            Event::ActiveServes(backend) => {
+                self.close_fallbacks(&backend);
                 self.evaluate(None)
             }
             Event::PassiveDown(backend) => {
@@ -208,6 +219,33 @@ impl Engine {
         if health.hysteresis.force_down() {
             self.flip(backend, health, false, SwitchReason::Passive);
         }
+    }
+
+    /// `backend` just proved to serve (a passing check, a client connect):
+    /// if it is the active one, close the connections that fell back to
+    /// other backends (`on_switch = "close"`, see `Service::note_fallback`).
+    fn close_fallbacks(&self, backend: &Arc<Backend>) {
+        let snapshot = self.service.snapshot();
+        let active = snapshot.active_backend();
+        if !active.is_some_and(|a| Arc::ptr_eq(a, backend))
+            || snapshot.settings.on_switch != OnSwitch::Close
+            || !self.service.fallbacks.swap(false, Ordering::SeqCst)
+        {
+            return;
+        }
+        let mut closed = 0;
+        for b in snapshot
+            .backends
+            .iter()
+            .filter(|b| !Arc::ptr_eq(b, backend))
+        {
+            closed += b.connections();
+            b.close_connections();
+        }
+        info!(
+            service = %self.service.name, active = %backend.name, closed,
+            "closed connections that fell back to a backend other than the active one"
+        );
     }
 
     /// Publish an up/down change that rise/fall or passive detection made.
@@ -336,6 +374,9 @@ impl Engine {
             "active backend switched"
         );
         if settings.on_switch == OnSwitch::Close {
+            // Every connection off the new active backend closes here,
+            // fallen-back ones included.
+            self.service.fallbacks.store(false, Ordering::SeqCst);
             for (i, b) in backends.iter().enumerate() {
                 if Some(i) != active {
                     b.close_connections();
@@ -380,10 +421,14 @@ impl Engine {
         let current = old
             .active_backend()
             .and_then(|a| backends.iter().position(|b| Arc::ptr_eq(a, b)));
-        if old.settings.max_connections != config.settings.max_connections {
-            self.service
-                .limit
-                .store(Arc::new(Limit::new(config.settings.max_connections)));
+        // In place: accept loops waiting for a slot see the new size.
+        let max_connections = config.settings.max_connections;
+        if old.settings.max_connections != max_connections {
+            self.service.limit.resize(max_connections);
+            info!(
+                service = %self.service.name, max_connections,
+                open = self.service.limit.open(), "max_connections changed"
+            );
         }
         let next = Arc::new(Snapshot {
             settings: Arc::new(config.settings),

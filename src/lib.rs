@@ -15,10 +15,12 @@
 //!          ratelimit   one log line a second for error floods
 //! layer 2  policy      pure: rise/fall hysteresis and the decision, `now` passed in
 //!          net         socket helpers: bind, resolve, connect, options, error classes
+//!          accept      a listener's readiness and non-blocking accept (its one unsafe)
 //!          forward/    splice (the only unsafe for the data path), copy, forward()
 //!          notify      the switch hook command
 //!          proxy_header PROXY protocol v1/v2: encode, and read exactly the header
 //!          fdpass      listening sockets over a Unix socket (SCM_RIGHTS), for takeover
+//!          limit       max_connections: open connections against a resizable maximum
 //! layer 3  service     Backend, Snapshot, Service (the ArcSwap), the limit, engine events
 //! layer 4  health/     the check loop and one probe per check kind
 //!          conn        one client connection: choose, connect (retry the next), forward
@@ -36,6 +38,7 @@
 //! benchmarks need them.
 #![deny(unsafe_code)]
 
+mod accept;
 pub mod cluster;
 pub mod config;
 mod conn;
@@ -47,6 +50,7 @@ mod engine;
 pub mod fdpass;
 pub mod forward;
 mod health;
+mod limit;
 mod listener;
 pub mod metrics;
 mod net;

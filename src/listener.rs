@@ -1,17 +1,23 @@
-//! Listening sockets and accept loops.
+//! Accept loops and `max_connections`.
 //!
-//! `accept_loop` only accepts, waits for a slot under `max_connections`,
-//! and spawns one task per connection; everything slow happens in that task
+//! `accept_loop` only accepts, holds a slot under `max_connections`, and
+//! spawns one task per connection; everything slow happens in that task
 //! (`conn.rs`), never here. Sockets are bound by `net.rs`.
+//!
+//! Each worker has its own `SO_REUSEPORT` socket and the kernel decides
+//! which socket queues a new client. So a loop takes a slot only once its
+//! own socket has a connection waiting, and then accepts without blocking:
+//! a slot never parks on an empty queue while a client waits in another
+//! worker's backlog, and the limit holds exactly whatever the worker count.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::warn;
 
+use crate::accept::Acceptor;
 use crate::conn;
 use crate::net;
 use crate::ratelimit::LogLimit;
@@ -29,7 +35,7 @@ pub async fn accept_loop(
     stop: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let listener = match TcpListener::from_std(listener) {
+    let listener = match Acceptor::register(listener) {
         Ok(listener) => listener,
         Err(err) => {
             warn!(service = %service.name, error = %err, "cannot register listener");
@@ -37,20 +43,30 @@ pub async fn accept_loop(
         }
     };
     loop {
-        let limit = service.limit.load_full();
-        let permit = tokio::select! {
-            permit = limit.acquire() => permit,
+        // 1. A connection waits on this socket.
+        let ready = tokio::select! {
+            ready = listener.ready() => ready,
             _ = stop.cancelled() => return,
         };
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
+        if ready.is_err() {
+            // Only when this worker's runtime shuts down.
+            return;
+        }
+        // 2. A slot for it: waits while the service is at its limit (the
+        //    client waits in the backlog meanwhile).
+        let slot = tokio::select! {
+            slot = service.limit.acquire() => slot,
             _ = stop.cancelled() => return,
         };
-        match accepted {
-            Ok((stream, peer)) => {
-                tracker.spawn(conn::handle(stream, peer, Arc::clone(&service), permit));
+        // 3. Take it without blocking; an empty queue drops the slot and
+        //    waits for the next connection.
+        match listener.try_accept() {
+            Ok(Some((stream, peer))) => {
+                tracker.spawn(conn::handle(stream, peer, Arc::clone(&service), slot));
             }
+            Ok(None) => {}
             Err(err) => {
+                drop(slot);
                 if net::is_resource_error(&err) {
                     // Process-wide: when fds run out, every accept loop fails at once.
                     static LIMIT: LogLimit = LogLimit::new();

@@ -66,6 +66,40 @@ pub fn bind_std(
     Ok(socket.into())
 }
 
+/// Fail with `AddrInUse` when another process listens on `addr` (or on a
+/// wildcard address of the same port). Our worker sockets use
+/// `SO_REUSEPORT`, which would let them join another instance's sockets
+/// silently; this bind without it is refused by any listening socket
+/// there, with or without `SO_REUSEPORT`. The socket closes at once; port
+/// 0 needs no probe. Call it before binding our own sockets on `addr`.
+pub fn probe_unused(addr: SocketAddr, freebind: bool) -> io::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // As for the real sockets, so TIME_WAIT leftovers do not count.
+    socket.set_reuse_address(true)?;
+    if freebind {
+        match addr {
+            SocketAddr::V4(_) => socket.set_freebind_v4(true)?,
+            SocketAddr::V6(_) => socket.set_freebind_v6(true)?,
+        }
+    }
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&addr.into()).map_err(|err| {
+        if err.kind() == io::ErrorKind::AddrInUse {
+            io::Error::new(
+                io::ErrorKind::AddrInUse,
+                "another process already listens there (a second failoverd?); stop it first",
+            )
+        } else {
+            err
+        }
+    })
+}
+
 /// TCP_NODELAY, keepalive and [`BACKEND_USER_TIMEOUT`] on a connected
 /// backend stream.
 pub fn tune(stream: &TcpStream) -> io::Result<()> {
@@ -290,6 +324,23 @@ mod tests {
         assert!(!is_resource_error(&io::Error::from_raw_os_error(
             libc::EPERM
         )));
+    }
+
+    #[test]
+    fn probe_finds_a_listener_even_with_reuseport() {
+        let theirs = bind_std("127.0.0.1:0".parse().unwrap(), false, true).unwrap();
+        let port = theirs.local_addr().unwrap();
+        let err = probe_unused(port, false).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+        assert!(err.to_string().contains("another process"), "{err}");
+        // A wildcard listener on the port covers 127.0.0.1 too.
+        let wildcard = bind_std("0.0.0.0:0".parse().unwrap(), false, true).unwrap();
+        let on_loopback =
+            SocketAddr::new([127, 0, 0, 1].into(), wildcard.local_addr().unwrap().port());
+        assert!(probe_unused(on_loopback, false).is_err());
+        drop(theirs);
+        probe_unused(port, false).expect("free once the listener closed");
+        probe_unused("127.0.0.1:0".parse().unwrap(), false).expect("port 0 is never probed");
     }
 
     #[test]

@@ -27,12 +27,12 @@ use crate::service::Event;
 
 /// A start-up failure other than a bad config (exit status 1).
 #[derive(Debug, thiserror::Error)]
-#[error("service \"{service}\": cannot listen on {address}: {source}")]
+#[error("service \"{service}\": cannot listen on {address}: {cause}")]
 pub struct BindError {
     pub service: String,
     pub address: SocketAddr,
-    #[source]
-    pub source: io::Error,
+    /// In the message already, so not a `source` (the chain would repeat it).
+    pub cause: io::Error,
 }
 
 struct Running {
@@ -88,10 +88,23 @@ impl Proxy {
             stop_accept: CancellationToken::new(),
             workers,
         };
-        let mut services = Vec::with_capacity(config.services.len());
+        // Before any socket of ours exists, so only another process can
+        // hold these addresses (SPEC.md: a second instance exits 1).
         for service in &config.services {
-            services.push(proxy.start_service(service)?);
+            probe(service)?;
         }
+        // Bind everything before starting anything: a failure leaves
+        // nothing running.
+        let mut sockets = Vec::with_capacity(config.services.len());
+        for service in &config.services {
+            sockets.push(proxy.bind(service)?);
+        }
+        let services = config
+            .services
+            .iter()
+            .zip(sockets)
+            .map(|(service, sockets)| proxy.start_service(service, sockets))
+            .collect();
         proxy.state.lock().await.services = services;
         Ok(Arc::new(proxy))
     }
@@ -112,12 +125,14 @@ impl Proxy {
     }
 
     /// Apply a validated config (SPEC.md: SIGHUP). Services are matched by
-    /// name; an unchanged listen address keeps its socket. If a new address
-    /// cannot be bound, nothing changes.
+    /// name and keep their engine (health state, connections); an unchanged
+    /// listen address keeps its socket, a moved one gets new sockets. If a
+    /// new address cannot be bound, nothing changes.
     pub async fn reload(&self, config: Config) -> Result<(), BindError> {
         let mut state = self.state.lock().await;
-        // Bind every new or moved listener first, so a failure changes nothing.
-        let mut fresh: HashMap<String, Running> = HashMap::new();
+        // Bind every new or moved listener before starting anything: on a
+        // failure the sockets bound so far close and nothing changes.
+        let mut fresh: HashMap<String, Option<Sockets>> = HashMap::new();
         for service in &config.services {
             let keep = state.services.iter().any(|r| {
                 r.config.name == service.name
@@ -125,20 +140,30 @@ impl Proxy {
                     && r.config.freebind == service.freebind
             });
             if !keep {
-                let running = self.start_service(service)?;
-                fresh.insert(service.name.clone(), running);
+                // An address one of our own listeners covers cannot be
+                // another instance's (it would have failed this probe).
+                let ours = |r: &Running| {
+                    r.bound
+                        .zip(service.listen)
+                        .is_some_and(|(a, b)| overlaps(a, b))
+                };
+                if !state.services.iter().any(ours) {
+                    probe(service)?;
+                }
+                fresh.insert(service.name.clone(), self.bind(service)?);
             }
         }
+        // Every bind succeeded: from here on nothing fails.
         let mut old: Vec<Running> = std::mem::take(&mut state.services);
         let mut next = Vec::with_capacity(config.services.len());
         for service in &config.services {
-            if let Some(running) = fresh.remove(&service.name) {
-                next.push(running);
-                continue;
-            }
             let Some(pos) = old.iter().position(|r| r.config.name == service.name) else {
+                let sockets = fresh.remove(&service.name).flatten();
+                next.push(self.start_service(service, sockets));
                 continue;
             };
+            // A service keeps its engine, so its health state and the close
+            // tokens of its connections, even when its listener moves.
             let mut running = old.swap_remove(pos);
             running
                 .engine
@@ -147,6 +172,9 @@ impl Proxy {
                     reply,
                 })
                 .await;
+            if let Some(sockets) = fresh.remove(&service.name) {
+                self.move_listener(&mut running, service, sockets);
+            }
             if running.config.dns != service.dns {
                 // Dropping the old publisher stops it.
                 running.dns = start_publisher(service, &running.dns_decisions);
@@ -154,8 +182,8 @@ impl Proxy {
             running.config = service.clone();
             next.push(running);
         }
-        // Services removed, or whose listen address moved: close the old
-        // listener; their established connections drain on their own.
+        // Services removed: close the listener; their established
+        // connections drain on their own.
         for gone in old {
             if let Some(listen) = gone.bound {
                 info!(service = %gone.config.name, %listen, "listener closed by reload");
@@ -263,71 +291,119 @@ impl Proxy {
     }
 }
 
+/// A service's listening sockets, one per worker: bound and listening
+/// (the kernel queues clients), not accepting yet.
+struct Sockets {
+    addr: SocketAddr,
+    sockets: Vec<std::net::TcpListener>,
+}
+
 impl Proxy {
-    /// Bind a service's sockets (one per worker), start its engine on this
-    /// runtime and its accept loops on the workers.
-    fn start_service(&self, config: &ServiceConfig) -> Result<Running, BindError> {
-        let stop_accept = self.stop_accept.child_token();
+    /// Bind a service's sockets, one per worker; `None` for a service
+    /// without `listen`. Starts nothing.
+    fn bind(&self, config: &ServiceConfig) -> Result<Option<Sockets>, BindError> {
         let Some(listen) = config.listen else {
-            // DNS failover only: checks and the engine, no listener.
-            let (engine, dns_decisions, dns) = self.start_engine(config);
-            info!(service = %config.name, "monitoring only (no listen address)");
-            return Ok(Running {
-                config: config.clone(),
-                bound: None,
-                engine,
-                stop_accept,
-                dns_decisions,
-                dns,
-            });
+            return Ok(None);
         };
-        let bind_error = |source| BindError {
+        let bind_error = |cause| BindError {
             service: config.name.clone(),
             address: listen,
-            source,
+            cause,
         };
         let reuseport = self.workers.len() > 1;
         let first = net::bind_std(listen, config.freebind, reuseport).map_err(bind_error)?;
         // With port 0 the others must join the port the kernel picked.
-        let bound = first.local_addr().map_err(bind_error)?;
+        let addr = first.local_addr().map_err(bind_error)?;
         let mut sockets = vec![first];
         for _ in 1..self.workers.len() {
-            sockets.push(net::bind_std(bound, config.freebind, true).map_err(bind_error)?);
+            sockets.push(net::bind_std(addr, config.freebind, true).map_err(bind_error)?);
         }
-        let (engine, dns_decisions, dns) = self.start_engine(config);
-        for (socket, worker) in sockets.into_iter().zip(&self.workers) {
-            worker.spawn(listener::accept_loop(
-                socket,
-                Arc::clone(&engine.service),
-                stop_accept.clone(),
-                self.connections.clone(),
-            ));
-        }
-        info!(service = %config.name, listen = %bound, workers = self.workers.len(), "listening");
-        Ok(Running {
+        Ok(Some(Sockets { addr, sockets }))
+    }
+
+    /// Start a service's engine on this runtime and, on its bound sockets,
+    /// its accept loops on the workers.
+    fn start_service(&self, config: &ServiceConfig, sockets: Option<Sockets>) -> Running {
+        let (decided, dns_decisions) = watch::channel(None);
+        let engine = engine::start(config, &self.force_close, decided);
+        let dns = start_publisher(config, &dns_decisions);
+        let stop_accept = self.stop_accept.child_token();
+        let bound = match sockets {
+            Some(sockets) => Some(self.accept_on(config, sockets, &engine, &stop_accept)),
+            None => {
+                // DNS failover only: checks and the engine, no listener.
+                info!(service = %config.name, "monitoring only (no listen address)");
+                None
+            }
+        };
+        Running {
             config: config.clone(),
-            bound: Some(bound),
+            bound,
             engine,
             stop_accept,
             dns_decisions,
             dns,
-        })
+        }
     }
 
-    /// A service's engine, and its DNS publisher when it has `[service.dns]`.
-    fn start_engine(
+    /// Swap a running service's listener for `sockets` (None: it listens
+    /// no more): the new accept loops start, then the old ones stop.
+    /// Established connections are not touched.
+    fn move_listener(
+        &self,
+        running: &mut Running,
+        config: &ServiceConfig,
+        sockets: Option<Sockets>,
+    ) {
+        let stop = self.stop_accept.child_token();
+        let bound = sockets.map(|s| self.accept_on(config, s, &running.engine, &stop));
+        running.stop_accept.cancel();
+        running.stop_accept = stop;
+        if let Some(listen) = running.bound {
+            info!(service = %config.name, %listen, "listener closed by reload");
+        }
+        running.bound = bound;
+    }
+
+    /// One accept loop per worker on `sockets`, until `stop` fires.
+    fn accept_on(
         &self,
         config: &ServiceConfig,
-    ) -> (
-        EngineHandle,
-        watch::Receiver<Option<Publish>>,
-        Option<PublisherHandle>,
-    ) {
-        let (decided, decisions) = watch::channel(None);
-        let engine = engine::start(config, &self.force_close, decided);
-        let publisher = start_publisher(config, &decisions);
-        (engine, decisions, publisher)
+        sockets: Sockets,
+        engine: &EngineHandle,
+        stop: &CancellationToken,
+    ) -> SocketAddr {
+        for (socket, worker) in sockets.sockets.into_iter().zip(&self.workers) {
+            worker.spawn(listener::accept_loop(
+                socket,
+                Arc::clone(&engine.service),
+                stop.clone(),
+                self.connections.clone(),
+            ));
+        }
+        info!(service = %config.name, listen = %sockets.addr, workers = self.workers.len(), "listening");
+        sockets.addr
     }
+}
+
+/// Refuse a listen address another process serves (see `net::probe_unused`).
+fn probe(config: &ServiceConfig) -> Result<(), BindError> {
+    let Some(listen) = config.listen else {
+        return Ok(());
+    };
+    net::probe_unused(listen, config.freebind).map_err(|cause| BindError {
+        service: config.name.clone(),
+        address: listen,
+        cause,
+    })
+}
+
+/// Whether two listen addresses compete for the same connections: same
+/// family and port, and the same IP or a wildcard on either side.
+fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+    a.is_ipv4() == b.is_ipv4()
+        && a.port() == b.port()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
 /// Start the DNS publisher of a service with `[service.dns]`.

@@ -16,11 +16,12 @@ use std::time::Instant;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use metrics::{Counter, Gauge, Histogram};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{BackendAddress, BackendConfig, ServiceConfig, Settings};
 use crate::forward::ByteCounters;
+use crate::limit::Limit;
 use crate::metrics as m;
 use crate::policy::{Hysteresis, SwitchReason};
 use crate::ratelimit::LogLimit;
@@ -326,14 +327,60 @@ pub struct Service {
     pub client_failures: Counter,
     /// "every backend failed" is logged at most once a second.
     pub client_failure_log: LogLimit,
-    /// `max_connections` as a semaphore; replaced whole on reload.
-    pub limit: ArcSwap<Limit>,
+    /// `max_connections`; a reload resizes it in place.
+    pub limit: Arc<Limit>,
+    /// Set when a connection fell back to a backend that is not the active
+    /// one under `on_switch = "close"`; the engine clears it when it closes
+    /// such connections (see [`Service::note_fallback`]).
+    pub fallbacks: AtomicBool,
     pub(crate) events: mpsc::UnboundedSender<Event>,
 }
 
 impl Service {
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.current.load_full()
+    }
+
+    /// Whether `snapshot` is still the one new connections use.
+    pub fn is_current(&self, snapshot: &Arc<Snapshot>) -> bool {
+        Arc::ptr_eq(&self.current.load(), snapshot)
+    }
+
+    /// Whether `backend` is the active backend now.
+    pub fn is_active(&self, backend: &Arc<Backend>) -> bool {
+        self.current
+            .load()
+            .active_backend()
+            .is_some_and(|a| Arc::ptr_eq(a, backend))
+    }
+
+    /// The close token for a connection to `backend`, chosen from
+    /// `chosen`; `None` when a switch or reload replaced that snapshot in
+    /// the meantime (choose again). The engine stores a new snapshot
+    /// *before* it closes connections, so either this token is one that
+    /// switch cancels, or the check here sees the new snapshot: no switch
+    /// slips between choosing a backend and registering on it.
+    pub fn register(&self, chosen: &Arc<Snapshot>, backend: &Backend) -> Option<CancellationToken> {
+        let token = backend.close_token();
+        self.is_current(chosen).then_some(token)
+    }
+
+    /// A connection now runs on a backend that is not the active one (its
+    /// connect fell back, or none is active) under `on_switch = "close"`:
+    /// the engine closes it as soon as the active backend proves to serve
+    /// (its next passing check, or its next client connect), so two
+    /// backends never take writes for longer than that.
+    pub fn note_fallback(&self) {
+        self.fallbacks.store(true, Ordering::SeqCst);
+    }
+
+    /// A client connect to the active backend succeeded: if connections
+    /// fell back elsewhere meanwhile, ask the engine to close them. One
+    /// relaxed load when there are none.
+    pub fn confirm_active(&self, backend: &Arc<Backend>) {
+        if self.fallbacks.load(Ordering::Relaxed) {
+            let _ = self.events.send(Event::ActiveServes(Arc::clone(backend)));
+        }
     }
 
     /// The data path's hook for a failed connect (passive detection).
@@ -346,28 +393,15 @@ impl Service {
     }
 }
 
-/// Limits open connections per service; `None` = unlimited.
-pub struct Limit(Option<Arc<Semaphore>>);
-
-impl Limit {
-    pub fn new(max_connections: usize) -> Self {
-        Limit((max_connections > 0).then(|| Arc::new(Semaphore::new(max_connections))))
-    }
-
-    pub async fn acquire(&self) -> Option<OwnedSemaphorePermit> {
-        match &self.0 {
-            Some(sem) => Arc::clone(sem).acquire_owned().await.ok(),
-            None => None,
-        }
-    }
-}
-
 /// Messages to a service's engine.
 pub enum Event {
     /// One active check finished.
     Check { backend: Arc<Backend>, ok: bool },
     /// `passive_errors` consecutive failed connects on live traffic.
     PassiveDown(Arc<Backend>),
+    /// A client connect to this (active) backend succeeded while
+    /// connections that fell back to other backends are open.
+    ActiveServes(Arc<Backend>),
     /// `ctl enable` / `ctl disable`; replies false for an unknown backend.
     SetEnabled {
         backend: String,
@@ -408,6 +442,69 @@ mod tests {
             backends,
             active,
         }
+    }
+
+    fn service(snapshot: Snapshot) -> Service {
+        let (events, _) = mpsc::unbounded_channel();
+        Service {
+            name: "svc".into(),
+            current: ArcSwap::from_pointee(snapshot),
+            client_failures: Counter::noop(),
+            client_failure_log: LogLimit::new(),
+            limit: Limit::new(0),
+            fallbacks: AtomicBool::new(false),
+            events,
+        }
+    }
+
+    /// What the engine does at a switch, in its order: store the new
+    /// snapshot, then close the connections on the other backends.
+    fn switch_to(service: &Service, active: usize) {
+        let old = service.snapshot();
+        service.current.store(Arc::new(Snapshot {
+            settings: Arc::clone(&old.settings),
+            backends: old.backends.clone(),
+            active: Some(active),
+        }));
+        for (i, b) in old.backends.iter().enumerate() {
+            if i != active {
+                b.close_connections();
+            }
+        }
+    }
+
+    #[test]
+    fn no_switch_slips_between_choosing_and_registering() {
+        let svc = service(snapshot(&[(true, true), (true, true)], Some(0)));
+        // Registered, then the switch: the switch cancels the token.
+        let chosen = svc.snapshot();
+        let token = svc
+            .register(&chosen, &chosen.backends[0])
+            .expect("no switch yet");
+        switch_to(&svc, 1);
+        assert!(token.is_cancelled(), "a switch away from b0 closes it");
+        // Chosen, then the switch, then registering: told to choose again.
+        let chosen = svc.snapshot();
+        switch_to(&svc, 0);
+        assert!(svc.register(&chosen, &chosen.backends[1]).is_none());
+        // Mid-switch (snapshot stored, tokens not yet swapped): choose again.
+        let chosen = svc.snapshot();
+        let old = svc.snapshot();
+        svc.current.store(Arc::new(Snapshot {
+            settings: Arc::clone(&old.settings),
+            backends: old.backends.clone(),
+            active: Some(1),
+        }));
+        assert!(svc.register(&chosen, &chosen.backends[0]).is_none());
+    }
+
+    #[test]
+    fn is_active_follows_the_current_snapshot() {
+        let svc = service(snapshot(&[(true, true), (true, true)], Some(0)));
+        let backends = svc.snapshot().backends.clone();
+        assert!(svc.is_active(&backends[0]) && !svc.is_active(&backends[1]));
+        switch_to(&svc, 1);
+        assert!(!svc.is_active(&backends[0]) && svc.is_active(&backends[1]));
     }
 
     fn order(s: &Snapshot) -> Vec<String> {
