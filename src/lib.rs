@@ -12,6 +12,7 @@
 //! - `backend`  backends, the snapshot and its `ArcSwap` active pointer
 //! - `engine`   per-service failover engine: the snapshot's only writer
 //! - `health`   active checks and rise/fall
+//! - `probes`   role-aware checks: http, redis, postgres
 //! - `decide`   the pure decision function
 //! - `notify`   the switch hook command
 //! - `proxy`    the running whole: start, reload, status, shutdown
@@ -33,6 +34,7 @@ pub mod health;
 pub mod listener;
 pub mod metrics;
 pub mod notify;
+pub mod probes;
 pub mod proxy;
 pub mod ratelimit;
 pub mod workers;
