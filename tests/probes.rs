@@ -328,7 +328,12 @@ async fn redis_acl_user_authenticates_with_its_own_password() {
         ..RedisOptions::default()
     };
     let server = RedisServer::start(&options);
+    let replica = server.replica();
     passed(redis_check(server.addr, Some("failoverd"), Some("check-pw")).await);
+    assert_eq!(
+        reason(redis_check(replica.addr, Some("failoverd"), Some("check-pw")).await),
+        "role is slave"
+    );
     let wrong = reason(redis_check(server.addr, Some("failoverd"), Some("admin-pw")).await);
     assert!(
         wrong.starts_with("authentication failed: WRONGPASS"),
@@ -525,5 +530,8 @@ async fn postgres_scram_sha_256_password() {
 async fn postgres_check_of_an_http_port_fails() {
     let server = HttpServer::start(Http::Leader).await;
     let why = reason(pg_check(server.addr, "postgres", "postgres", None).await);
-    assert!(why.starts_with("not a PostgreSQL server"), "{why}");
+    assert!(
+        why.starts_with("not a PostgreSQL server: starts with \"HTTP/1.1 400"),
+        "{why}"
+    );
 }

@@ -7,7 +7,9 @@
 //! inside this call (never spawned), so nothing outlives the check: when
 //! the query is answered the client is dropped, the connection sends
 //! `Terminate` and finishes. The probe runs one simple query (one round
-//! trip) and nothing else.
+//! trip) and nothing else. The server's messages are checked as they
+//! arrive: a foreign server fails at its first byte, and no message may
+//! be longer than [`MAX_MESSAGE_BYTES`].
 
 use std::io;
 use std::pin::{Pin, pin};
@@ -49,18 +51,14 @@ pub async fn check(
     if let Some(password) = password {
         config.password(password);
     }
-    let first = FirstBytes::default();
-    let stream = Recording {
-        inner: stream,
-        first: first.clone(),
-        recorded: 0,
-    };
+    let verdict = Verdict::default();
+    let stream = Guarded::new(stream, Arc::clone(&verdict));
     let result = session(&config, stream).await;
-    result.map_err(|failure| first.explain(failure))
+    result.map_err(|failure| explain(&verdict, failure))
 }
 
 /// Log in, query, log out.
-async fn session(config: &Config, stream: Recording) -> Result<(), CheckFailure> {
+async fn session(config: &Config, stream: Guarded) -> Result<(), CheckFailure> {
     let (client, connection) = config.connect_raw(stream, NoTls).await.map_err(classify)?;
     let mut connection = pin!(connection);
 
@@ -103,48 +101,96 @@ fn in_recovery(messages: &[SimpleQueryMessage]) -> Result<(), CheckFailure> {
     }
 }
 
-/// How many of the server's first bytes are kept to tell a foreign server.
-const FIRST_BYTES_KEPT: usize = 32;
+/// The longest server message accepted. tokio-postgres would otherwise
+/// reserve whatever a message header claims (up to 2 GiB) before reading it.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
-/// The first bytes the server sent, shared with the stream that reads them.
-#[derive(Clone, Default)]
-struct FirstBytes(Arc<Mutex<Vec<u8>>>);
+/// What [`Guarded`] found wrong with the server's bytes, for [`explain`].
+type Verdict = Arc<Mutex<Option<CheckFailure>>>;
 
-impl FirstBytes {
-    fn record(&self, data: &[u8]) {
-        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let room = FIRST_BYTES_KEPT.saturating_sub(kept.len());
-        kept.extend_from_slice(&data[..data.len().min(room)]);
-    }
-
-    /// A server error stands; any other failure on a stream that did not
-    /// start like a PostgreSQL reply to a startup message (authentication
-    /// request `R`, error `E`, protocol negotiation `v`, notice `N`) means
-    /// this is no PostgreSQL server.
-    fn explain(&self, failure: CheckFailure) -> CheckFailure {
-        if matches!(failure, CheckFailure::Auth(_) | CheckFailure::Server(_)) {
-            return failure;
-        }
-        let kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        match kept.first() {
-            Some(b'R' | b'E' | b'v' | b'N') | None => failure,
-            Some(_) => CheckFailure::NotProtocol {
-                protocol: "a PostgreSQL server",
-                detail: starts_with_detail(&kept),
-            },
-        }
-    }
-}
-
-/// The check's stream, keeping the first bytes read in [`FirstBytes`].
-struct Recording {
+/// The check's stream, with the server's bytes checked by [`Framing`] as
+/// they arrive. A breach fails the read and leaves the reason in the
+/// verdict.
+struct Guarded {
     inner: TcpStream,
-    first: FirstBytes,
-    /// Bytes read so far (recording stops at [`FIRST_BYTES_KEPT`]).
-    recorded: usize,
+    verdict: Verdict,
+    framing: Framing,
 }
 
-impl AsyncRead for Recording {
+impl Guarded {
+    fn new(inner: TcpStream, verdict: Verdict) -> Self {
+        Guarded {
+            inner,
+            verdict,
+            framing: Framing::default(),
+        }
+    }
+}
+
+/// The server's message framing, followed byte by byte: the first message
+/// must be one a server sends after a startup message (authentication
+/// request `R`, error `E`, protocol negotiation `v`, notice `N`) and no
+/// message may exceed [`MAX_MESSAGE_BYTES`].
+#[derive(Default)]
+struct Framing {
+    /// The first bytes received, for the detail of a failure.
+    first: Vec<u8>,
+    /// The header (tag, 4-byte length) of the next message, as far as read.
+    header: [u8; 5],
+    header_len: usize,
+    /// Body bytes of the current message still to come.
+    body_left: usize,
+}
+
+impl Framing {
+    /// Follow the message framing over `data`; the failure on a breach.
+    fn scan(&mut self, mut data: &[u8]) -> Option<CheckFailure> {
+        const FIRST_KEPT_BYTES: usize = 32;
+        let keep = data
+            .len()
+            .min(FIRST_KEPT_BYTES.saturating_sub(self.first.len()));
+        self.first.extend_from_slice(&data[..keep]);
+        let first_message = self.first.len() == keep;
+        if first_message && !matches!(data.first(), Some(b'R' | b'E' | b'v' | b'N') | None) {
+            return Some(CheckFailure::NotProtocol {
+                protocol: "a PostgreSQL server",
+                detail: starts_with_detail(&self.first),
+            });
+        }
+        while !data.is_empty() {
+            if self.body_left > 0 {
+                let skip = self.body_left.min(data.len());
+                self.body_left -= skip;
+                data = &data[skip..];
+                continue;
+            }
+            let take = (5 - self.header_len).min(data.len());
+            self.header[self.header_len..self.header_len + take].copy_from_slice(&data[..take]);
+            self.header_len += take;
+            data = &data[take..];
+            if self.header_len == 5 {
+                self.header_len = 0;
+                let len = u32::from_be_bytes([
+                    self.header[1],
+                    self.header[2],
+                    self.header[3],
+                    self.header[4],
+                ]);
+                let len = usize::try_from(len).unwrap_or(usize::MAX);
+                if !(4..=MAX_MESSAGE_BYTES).contains(&len) {
+                    return Some(CheckFailure::TooLarge {
+                        what: "PostgreSQL message",
+                        limit_bytes: MAX_MESSAGE_BYTES,
+                    });
+                }
+                self.body_left = len - 4;
+            }
+        }
+        None
+    }
+}
+
+impl AsyncRead for Guarded {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -153,16 +199,17 @@ impl AsyncRead for Recording {
         let before = buf.filled().len();
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
-        let new = &buf.filled()[before..];
-        if this.recorded < FIRST_BYTES_KEPT && !new.is_empty() {
-            this.first.record(new);
-            this.recorded += new.len();
+        if let Some(failure) = this.framing.scan(&buf.filled()[before..]) {
+            let text = failure.to_string();
+            *this.verdict.lock().unwrap_or_else(|e| e.into_inner()) = Some(failure);
+            buf.set_filled(before);
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, text)));
         }
         polled
     }
 }
 
-impl AsyncWrite for Recording {
+impl AsyncWrite for Guarded {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -178,6 +225,12 @@ impl AsyncWrite for Recording {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
+}
+
+/// The guard's verdict, when it has one, explains the failure better.
+fn explain(verdict: &Verdict, failure: CheckFailure) -> CheckFailure {
+    let found = verdict.lock().unwrap_or_else(|e| e.into_inner()).take();
+    found.unwrap_or(failure)
 }
 
 /// Map a tokio-postgres error to the operator's reason.
@@ -218,5 +271,42 @@ fn classify(err: tokio_postgres::Error) -> CheckFailure {
         }
     } else {
         CheckFailure::Malformed(printable(text.as_bytes()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan_all(chunks: &[&[u8]]) -> Option<String> {
+        let mut framing = Framing::default();
+        chunks
+            .iter()
+            .find_map(|chunk| framing.scan(chunk))
+            .map(|failure| failure.to_string())
+    }
+
+    #[test]
+    fn framing_follows_messages_split_anywhere() {
+        // AuthenticationOk, then ReadyForQuery, split mid-header and mid-body.
+        let stream = b"R\0\0\0\x08\0\0\0\0Z\0\0\0\x05I";
+        for cut in 0..stream.len() {
+            let (a, b) = stream.split_at(cut);
+            assert_eq!(scan_all(&[a, b]), None, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn framing_refuses_a_foreign_server_and_oversize_messages() {
+        assert_eq!(
+            scan_all(&[b"HTTP/1.1 400 Bad Request\r\n"]).as_deref(),
+            Some("not a PostgreSQL server: starts with \"HTTP/1.1 400 Bad Request\\r\\n\"")
+        );
+        let huge = [b'R', 0x10, 0, 0, 0];
+        assert_eq!(
+            scan_all(&[&huge[..2], &huge[2..]]).as_deref(),
+            Some("PostgreSQL message larger than 65536 bytes")
+        );
+        assert!(scan_all(&[b"R\0\0\0\x08\0\0\0\0", b"S\0\0\0\x02"]).is_some());
     }
 }

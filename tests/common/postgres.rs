@@ -327,7 +327,7 @@ fn hba(auth: PgAuth) -> String {
 fn settings(auth: PgAuth) -> String {
     format!(
         "\n# failoverd test harness\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\n\
-         shared_buffers = 16MB\nmax_connections = 30\nwal_level = replica\nmax_wal_senders = 5\n\
+         shared_buffers = 16MB\nmax_connections = 50\nwal_level = replica\nmax_wal_senders = 5\n\
          hot_standby = on\npassword_encryption = '{}'\nlog_min_messages = warning\n",
         auth.password_encryption()
     )

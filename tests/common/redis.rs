@@ -37,6 +37,8 @@ pub struct RedisServer {
     pub addr: SocketAddr,
     /// The default user's password, used for admin commands.
     pub requirepass: Option<String>,
+    /// The ACL users it was started with (a replica gets them too).
+    pub users: Vec<(String, String)>,
     child: Child,
     cli: PathBuf,
     dir: ServerDir,
@@ -72,6 +74,7 @@ impl RedisServer {
                     return RedisServer {
                         addr: server::loopback(port),
                         requirepass: options.requirepass.clone(),
+                        users: options.users.clone(),
                         child,
                         cli,
                         dir,
@@ -91,12 +94,12 @@ impl RedisServer {
         panic!("redis-server: no free loopback port after {PORT_ATTEMPTS} attempts");
     }
 
-    /// A replica of this server (same passwords), already replicating.
+    /// A replica of this server (same passwords and users), already
+    /// replicating.
     pub fn replica(&self) -> RedisServer {
-        let users = Vec::new();
         let replica = RedisServer::start(&RedisOptions {
             requirepass: self.requirepass.clone(),
-            users,
+            users: self.users.clone(),
             replica_of: Some((self.addr, self.requirepass.clone())),
         });
         let up = server::wait_until(START_TIMEOUT, || {
