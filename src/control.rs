@@ -396,6 +396,9 @@ pub fn format_status(status: &Status) -> String {
                 b.consecutive_failures,
                 b.connections
             ));
+            if let Some(err) = &b.last_check_error {
+                out.push_str(&format!("        last check failed: {err}\n"));
+            }
         }
     }
     out

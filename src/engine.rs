@@ -266,9 +266,13 @@ impl Engine {
         drop(health);
         backend.set_up(up);
         backend.reset_passive_errors();
+        let error = (!up && reason == SwitchReason::HealthCheck)
+            .then(|| backend.last_check_error())
+            .flatten()
+            .unwrap_or_default();
         info!(
             service = %self.service.name, backend = %backend.name,
-            state = if up { "up" } else { "down" }, %reason,
+            state = if up { "up" } else { "down" }, %reason, error,
             "backend state changed"
         );
     }

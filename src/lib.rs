@@ -49,7 +49,7 @@ pub mod dns;
 mod engine;
 pub mod fdpass;
 pub mod forward;
-mod health;
+pub mod health;
 mod limit;
 mod listener;
 pub mod metrics;

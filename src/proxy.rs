@@ -247,6 +247,7 @@ impl Proxy {
                         active: snapshot.active == Some(i),
                         consecutive_failures: b.consecutive_failures(),
                         connections: b.connections(),
+                        last_check_error: b.last_check_error(),
                     })
                     .collect();
                 ServiceStatus {
@@ -454,4 +455,8 @@ pub struct BackendStatus {
     pub active: bool,
     pub consecutive_failures: u32,
     pub connections: u64,
+    /// Why the last health check failed ("role is slave", "HTTP 503");
+    /// absent once a check passed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_check_error: Option<String>,
 }

@@ -41,6 +41,8 @@ pub struct Backend {
     addresses: ArcSwap<Vec<SocketAddr>>,
     /// Wakes connects waiting for a hostname's first resolution.
     resolved: Notify,
+    /// Why the last health check failed, for `ctl status`; `None` after a pass.
+    last_check_error: ArcSwapOption<String>,
     up: AtomicBool,
     enabled: AtomicBool,
     /// Consecutive failed connects on live traffic.
@@ -144,6 +146,7 @@ impl Backend {
             publish: ArcSwapOption::from(config.publish.map(Arc::new)),
             addresses: ArcSwap::from_pointee(addresses),
             resolved: Notify::new(),
+            last_check_error: ArcSwapOption::empty(),
             up: AtomicBool::new(hysteresis.up),
             enabled: AtomicBool::new(true),
             passive_errors: AtomicU32::new(0),
@@ -158,6 +161,18 @@ impl Backend {
                 down_reason: SwitchReason::HealthCheck,
             }),
             metrics,
+        }
+    }
+
+    /// Why the last health check failed; `None` once one passed.
+    pub fn last_check_error(&self) -> Option<String> {
+        self.last_check_error.load().as_deref().cloned()
+    }
+
+    pub fn set_last_check_error(&self, error: Option<String>) {
+        // Checks mostly pass: do not swap an empty slot for an empty one.
+        if error.is_some() || self.last_check_error.load().is_some() {
+            self.last_check_error.store(error.map(Arc::new));
         }
     }
 
@@ -304,9 +319,12 @@ impl Snapshot {
 
     /// The order in which a new connection tries backends (SPEC.md: Choosing
     /// a backend): the active one, then the other up ones in priority order,
-    /// then the down ones. Disabled backends are never tried.
+    /// then the down ones — but never a down one whose role-aware check
+    /// failed (a standby accepts connections and must not take the
+    /// traffic). Disabled backends are never tried.
     pub fn connect_order(&self) -> impl Iterator<Item = &Arc<Backend>> {
         let active = self.active;
+        let last_resort = !self.settings.check.is_role_aware();
         let first = self.active_backend().filter(|b| b.is_enabled());
         let others = |want_up: bool| {
             self.backends
@@ -315,7 +333,8 @@ impl Snapshot {
                 .filter(move |(i, b)| Some(*i) != active && b.is_enabled() && b.is_up() == want_up)
                 .map(|(_, b)| b)
         };
-        first.into_iter().chain(others(true)).chain(others(false))
+        let down = others(false).filter(move |_| last_resort);
+        first.into_iter().chain(others(true)).chain(down)
     }
 }
 
@@ -537,6 +556,30 @@ mod tests {
                 "states {states:?} active {active:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_down_backend_with_a_role_aware_check_is_never_a_last_resort() {
+        use crate::config::CheckKind;
+        for (kind, want) in [
+            (CheckKind::Tcp, &["b1", "b0", "b2"][..]),
+            (CheckKind::Redis, &["b1"][..]),
+            (CheckKind::Postgres, &["b1"][..]),
+            (CheckKind::Http, &["b1"][..]),
+        ] {
+            let mut s = snapshot(&[(false, true), (true, true), (false, true)], Some(1));
+            s.settings = Arc::new(Settings {
+                check: kind,
+                ..Settings::default()
+            });
+            assert_eq!(order(&s), want, "check = {}", kind.as_str());
+        }
+        let mut s = snapshot(&[(false, true), (false, true)], None);
+        s.settings = Arc::new(Settings {
+            check: CheckKind::Postgres,
+            ..Settings::default()
+        });
+        assert!(order(&s).is_empty(), "no writable backend: none is tried");
     }
 
     #[test]

@@ -1,12 +1,19 @@
 //! Active health checks: one task per backend runs a probe every
 //! `check_interval` (with jitter) and reports the result to the service's
-//! engine as an [`Event::Check`]. One module per check kind does the
-//! talking (`tcp.rs`).
+//! engine as an [`Event::Check`]. `probe.rs` runs one check (resolve,
+//! connect, PROXY header, the `tcp` exchange); `http.rs`, `redis.rs` and
+//! `postgres.rs` speak the role-aware kinds' protocols, with the failure
+//! reasons of `failure.rs`.
 //!
 //! This layer measures and reports; it never changes a backend's state or
-//! chooses the active backend (the engine and `policy.rs` do).
+//! chooses the active backend (the engine and `policy.rs` do). Public only
+//! for [`check`], which the probe tests and the check benchmark run.
 
-mod tcp;
+mod failure;
+mod http;
+mod postgres;
+mod probe;
+mod redis;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -20,11 +27,13 @@ use crate::net;
 use crate::ratelimit::LogLimit;
 use crate::service::{Backend, Event};
 
-pub use tcp::probe_and_resolve;
+pub use failure::CheckFailure;
+use failure::{printable, starts_with_detail};
+pub use probe::{ProbeError, ProbeStage, check, probe_and_resolve};
 
 /// One backend's active checks: the first at once, then every
 /// `check_interval` with a little jitter, until `stop`.
-pub async fn check_loop(
+pub(crate) async fn check_loop(
     backend: Arc<Backend>,
     settings: Arc<Settings>,
     events: mpsc::UnboundedSender<Event>,
@@ -66,7 +75,7 @@ fn report(
     backend: &Arc<Backend>,
     events: &mpsc::UnboundedSender<Event>,
     started: Instant,
-    result: &Result<(), tcp::ProbeError>,
+    result: &Result<(), ProbeError>,
 ) -> Result<(), ()> {
     let ok = result.is_ok();
     let metrics = &backend.metrics;
@@ -81,8 +90,12 @@ fn report(
     if let Ok(now) = SystemTime::now().duration_since(UNIX_EPOCH) {
         metrics.last_check.set(now.as_secs_f64());
     }
-    if let Err(err) = result {
-        tracing::debug!(service = %backend.service, backend = %backend.name, error = %err, "health check failed");
+    match result {
+        Ok(()) => backend.set_last_check_error(None),
+        Err(err) => {
+            tracing::debug!(service = %backend.service, backend = %backend.name, error = %err, "health check failed");
+            backend.set_last_check_error(Some(err.to_string()));
+        }
     }
     events
         .send(Event::Check {
@@ -99,17 +112,9 @@ async fn probe(
     backend: &Backend,
     lookup: &mut net::Lookup,
     settings: &Settings,
-) -> Result<(), tcp::ProbeError> {
+) -> Result<(), ProbeError> {
     let cache = |addrs: &[std::net::SocketAddr]| backend.set_addresses(addrs);
-    probe_and_resolve(
-        &backend.address,
-        lookup,
-        settings.check_timeout,
-        &settings.check_send,
-        &settings.check_expect,
-        cache,
-    )
-    .await
+    probe_and_resolve(&backend.address, lookup, settings, cache).await
 }
 
 /// Sleep until `interval` after `started`; a moment past what an `Instant`
@@ -124,7 +129,7 @@ async fn sleep_until_after(started: Instant, interval: Duration) {
 /// `interval` ± up to 10%, derived from `seed` (xorshift64), so checks of many
 /// backends started together spread out instead of firing in lockstep.
 /// Feed the previous seed through [`xorshift64`] to get the next one.
-pub fn jittered(interval: Duration, seed: u64) -> Duration {
+pub(crate) fn jittered(interval: Duration, seed: u64) -> Duration {
     let nanos = interval.as_nanos();
     let spread = nanos / 10;
     if spread == 0 {
@@ -142,7 +147,7 @@ pub fn jittered(interval: Duration, seed: u64) -> Duration {
 
 /// One step of the xorshift64 generator (Marsaglia); a zero seed is replaced,
 /// since zero is a fixed point.
-pub fn xorshift64(seed: u64) -> u64 {
+pub(crate) fn xorshift64(seed: u64) -> u64 {
     let mut x = if seed == 0 {
         0x9E37_79B9_7F4A_7C15
     } else {

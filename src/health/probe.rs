@@ -1,6 +1,9 @@
-//! The `tcp` health check: resolve, connect within `check_timeout`, then
-//! `check_send` / `check_expect` if set. A probe never sends anything but
-//! `check_send` and never keeps its socket.
+//! One health check of one backend, whatever its kind: resolve, connect
+//! (to `check_port` if set) within `check_timeout`, send a PROXY-protocol
+//! `LOCAL` header with `send_proxy`, then the kind's exchange: for `tcp`
+//! the optional `check_send` / `check_expect` (here), for `http`, `redis`
+//! and `postgres` their own modules. The whole check is bounded by
+//! `check_timeout`. A probe never keeps its socket.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -10,26 +13,34 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout_at};
 
-use crate::config::{BackendAddress, MAX_DURATION};
+use super::{CheckFailure, http, postgres, redis};
+use crate::config::{BackendAddress, CheckKind, MAX_DURATION, ProxyVersion, Settings};
 use crate::net;
+use crate::proxy_header;
 
 /// The step of a probe that ran out of time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProbeStage {
     Resolve,
     Connect,
+    /// Writing the PROXY-protocol `LOCAL` header.
+    ProxyHeader,
     Send,
     Recv,
+    /// The exchange of a role-aware check.
+    Check(CheckKind),
 }
 
 impl fmt::Display for ProbeStage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            ProbeStage::Resolve => "resolve",
-            ProbeStage::Connect => "connect",
-            ProbeStage::Send => "send of check_send",
-            ProbeStage::Recv => "wait for check_expect reply",
-        })
+        match self {
+            ProbeStage::Resolve => f.write_str("resolve"),
+            ProbeStage::Connect => f.write_str("connect"),
+            ProbeStage::ProxyHeader => f.write_str("send of the PROXY header"),
+            ProbeStage::Send => f.write_str("send of check_send"),
+            ProbeStage::Recv => f.write_str("wait for check_expect reply"),
+            ProbeStage::Check(kind) => write!(f, "{} check", kind.as_str()),
+        }
     }
 }
 
@@ -54,6 +65,9 @@ pub enum ProbeError {
     },
     /// The backend closed the connection before sending anything.
     Closed,
+    /// A role-aware check answered, and the answer says no ("role is
+    /// slave", "in recovery", "HTTP 503"), or its exchange failed.
+    Failed(CheckFailure),
     /// This host failed, not the backend (out of fds or memory, no free
     /// local port, a local firewall): no result, see [`net::is_local_error`].
     Local(std::io::Error),
@@ -102,6 +116,7 @@ impl fmt::Display for ProbeError {
             ProbeError::Closed => f.write_str(
                 "backend closed the connection without a reply; check check_send and check_expect",
             ),
+            ProbeError::Failed(failure) => write!(f, "{failure}"),
             ProbeError::Local(err) => write!(
                 f,
                 "no result, this host failed: {err}; check open-file limits, memory, local ports and firewall"
@@ -117,18 +132,13 @@ impl std::error::Error for ProbeError {
             | ProbeError::Send(err)
             | ProbeError::Recv(err)
             | ProbeError::Local(err) => Some(err),
+            ProbeError::Failed(failure) => Some(failure),
             _ => None,
         }
     }
 }
 
-/// One health check: resolve (hostnames resolved now via tokio::net::lookup_host;
-/// failure = failed check), TCP connect, then if `send` non-empty write it, if
-/// `expect` non-empty read until at least expect.len() bytes arrived (or EOF)
-/// and require they start with `expect`. The whole probe bounded by `timeout`.
-///
-/// A hostname resolving to several addresses is tried address by address, as
-/// a client would. The socket is dropped (closed) at the end.
+/// One `tcp` check with `check_send` / `check_expect` (tests).
 #[cfg(test)]
 pub async fn probe(
     address: &BackendAddress,
@@ -136,20 +146,27 @@ pub async fn probe(
     send: &[u8],
     expect: &[u8],
 ) -> Result<(), ProbeError> {
-    let mut lookup = net::Lookup::default();
-    probe_and_resolve(address, &mut lookup, timeout, send, expect, |_| {}).await
+    let settings = Settings {
+        check_timeout: timeout,
+        check_send: send.to_vec(),
+        check_expect: expect.to_vec(),
+        ..Settings::default()
+    };
+    check(address, &settings).await
 }
 
-/// As [`probe`], handing a good resolution to `resolved` before the
-/// connect (the check loop caches it for the data path).
+/// One health check of `address` as `settings` say (kind, port, PROXY
+/// header, timeout), handing a good resolution to `resolved` before the
+/// connect (the check loop caches it for the data path). A hostname that
+/// resolves to several addresses is tried address by address, as a client
+/// would.
 pub async fn probe_and_resolve(
     address: &BackendAddress,
     lookup: &mut net::Lookup,
-    timeout: Duration,
-    send: &[u8],
-    expect: &[u8],
+    settings: &Settings,
     resolved: impl FnOnce(&[SocketAddr]),
 ) -> Result<(), ProbeError> {
+    let timeout = settings.check_timeout;
     // Validated timeouts are at most a year and always fit; the cap keeps
     // any other caller from panicking on the sum.
     let now = Instant::now();
@@ -169,22 +186,77 @@ pub async fn probe_and_resolve(
             false => ProbeError::Resolve(format!("{address}: {err}")),
         })?;
     resolved(&addrs);
-    let mut stream = timeout_at(deadline, net::connect_first(addrs.into_iter()))
+    let port = settings.check_port;
+    let targets = addrs
+        .into_iter()
+        .map(|a| port.map_or(a, |p| SocketAddr::new(a.ip(), p)));
+    let mut stream = timeout_at(deadline, net::connect_first(targets))
         .await
         .map_err(within(ProbeStage::Connect))?
         .map_err(ProbeError::io(ProbeError::Connect))?;
-    if !send.is_empty() {
-        timeout_at(deadline, stream.write_all(send))
+    let header = match settings.send_proxy {
+        ProxyVersion::Off => None,
+        ProxyVersion::V1 => Some(proxy_header::encode_local(proxy_header::Version::V1)),
+        ProxyVersion::V2 => Some(proxy_header::encode_local(proxy_header::Version::V2)),
+    };
+    if let Some(header) = header {
+        timeout_at(deadline, stream.write_all(&header))
             .await
-            .map_err(within(ProbeStage::Send))?
+            .map_err(within(ProbeStage::ProxyHeader))?
             .map_err(ProbeError::io(ProbeError::Send))?;
     }
-    if !expect.is_empty() {
-        timeout_at(deadline, read_expected(&mut stream, expect))
-            .await
-            .map_err(within(ProbeStage::Recv))??;
+    let kind = settings.check;
+    let password = settings.check_password.as_ref().map(|p| p.expose());
+    let failed = |r: Result<(), CheckFailure>| r.map_err(ProbeError::Failed);
+    if kind == CheckKind::Tcp {
+        let (send, expect) = (&settings.check_send, &settings.check_expect);
+        if !send.is_empty() {
+            timeout_at(deadline, stream.write_all(send))
+                .await
+                .map_err(within(ProbeStage::Send))?
+                .map_err(ProbeError::io(ProbeError::Send))?;
+        }
+        if !expect.is_empty() {
+            timeout_at(deadline, read_expected(&mut stream, expect))
+                .await
+                .map_err(within(ProbeStage::Recv))??;
+        }
+        return Ok(());
     }
-    Ok(())
+    let exchange = async {
+        match kind {
+            CheckKind::Tcp => Ok(()),
+            CheckKind::Http => {
+                let host = match address {
+                    BackendAddress::Ip(addr) => addr.ip().to_string(),
+                    BackendAddress::Host { host, .. } => host.clone(),
+                };
+                failed(http::check(stream, &host, &settings.check_path).await)
+            }
+            CheckKind::Redis => {
+                failed(redis::check(stream, settings.check_user_for(), password).await)
+            }
+            CheckKind::Postgres => failed(
+                postgres::check(
+                    stream,
+                    settings.check_user_for().unwrap_or("postgres"),
+                    settings.check_database_or_default(),
+                    password,
+                )
+                .await,
+            ),
+        }
+    };
+    timeout_at(deadline, exchange)
+        .await
+        .map_err(within(ProbeStage::Check(kind)))?
+}
+
+/// One check of `address` as `settings` say, outside any check loop (the
+/// benchmarks and the probe tests call it).
+pub async fn check(address: &BackendAddress, settings: &Settings) -> Result<(), ProbeError> {
+    let mut lookup = net::Lookup::default();
+    probe_and_resolve(address, &mut lookup, settings, |_| {}).await
 }
 
 /// Read until `expect.len()` bytes arrived or EOF; fail as soon as the bytes
