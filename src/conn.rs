@@ -15,6 +15,13 @@
 //! client connect, or kept if a switch makes its backend the active one.
 //! A database thus takes writes on two servers at most until the primary
 //! is seen serving again, never for the rest of a long session.
+//!
+//! With `hold_timeout`, a client no backend can take is held instead of
+//! closed (SPEC.md: Hold): nothing is read from it, so the bytes it sends
+//! meanwhile wait in its socket and are forwarded intact once a backend
+//! takes it. It tries again whenever the engine reports a change, and at
+//! least every `check_interval`, until `hold_timeout` passes or the proxy
+//! shuts down. It keeps its `max_connections` slot while held.
 
 use std::io;
 use std::net::SocketAddr;
@@ -60,23 +67,18 @@ enum Attempt {
 pub async fn handle(client: TcpStream, peer: SocketAddr, service: Arc<Service>, _slot: Slot) {
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     // TCP_NODELAY and keepalive came from the listener (see `net::bind_std`).
-    let mut snapshot = service.snapshot();
-    let mut round = 1;
-    let connected = loop {
-        match connect(&service, &snapshot, id, round < CHOOSE_ROUNDS).await {
-            Attempt::Connected(connected) => break Some(connected),
-            Attempt::Switched => {
-                round += 1;
-                snapshot = service.snapshot();
-            }
-            Attempt::Failed => break None,
-        }
+    let connected = match choose(&service, id).await {
+        Some(connected) => Some(connected),
+        None => hold(&service, id, peer).await,
     };
-    let Some(Connected {
-        backend,
-        upstream,
-        close,
-    }) = connected
+    let Some((
+        snapshot,
+        Connected {
+            backend,
+            upstream,
+            close,
+        },
+    )) = connected
     else {
         service.client_failures.increment(1);
         if let Some(suppressed) = service.client_failure_log.check() {
@@ -102,6 +104,73 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, service: Arc<Service>, 
     let started = Instant::now();
     let result = forward::forward(client, upstream, options, &backend.metrics.bytes, &close).await;
     log_end(&service, &backend, id, peer, started, result);
+}
+
+/// Choose a backend and connect: the current snapshot's backends in
+/// order, again from a new snapshot if a switch replaced it meanwhile.
+async fn choose(service: &Service, id: u64) -> Option<(Arc<Snapshot>, Connected)> {
+    let mut snapshot = service.snapshot();
+    let mut round = 1;
+    loop {
+        match connect(service, &snapshot, id, round < CHOOSE_ROUNDS).await {
+            Attempt::Connected(connected) => return Some((snapshot, connected)),
+            Attempt::Switched => {
+                round += 1;
+                snapshot = service.snapshot();
+            }
+            Attempt::Failed => return None,
+        }
+    }
+}
+
+/// No backend took the client: hold it (when `hold_timeout` is set) and
+/// try again at every change the engine reports and at least every
+/// `check_interval`, until a backend takes it, `hold_timeout` passes or
+/// the proxy shuts down. `None`: closed unserved (counted by the caller).
+async fn hold(service: &Service, id: u64, peer: SocketAddr) -> Option<(Arc<Snapshot>, Connected)> {
+    let hold = &service.hold;
+    let timeout = service.snapshot().settings.hold_timeout?;
+    if hold.closing().is_cancelled() {
+        return None;
+    }
+    let started = tokio::time::Instant::now();
+    // A deadline past what an Instant holds never comes.
+    let deadline = started.checked_add(timeout);
+    let _held = hold.enter();
+    let mut changes = hold.subscribe();
+    debug!(service = %service.name, id, %peer, "no backend can take the client, holding it");
+    loop {
+        let retry = service.snapshot().settings.check_interval;
+        let woken = tokio::select! {
+            changed = changes.changed() => changed.is_ok(),
+            () = tokio::time::sleep(retry) => true,
+            () = sleep_until_or_never(deadline) => false,
+            () = hold.closing().cancelled() => return None,
+        };
+        if !woken {
+            break;
+        }
+        changes.borrow_and_update();
+        if let Some(connected) = choose(service, id).await {
+            hold.served.increment(1);
+            let waited_ms = started.elapsed().as_millis() as u64;
+            debug!(service = %service.name, id, %peer, waited_ms, "held client served");
+            return Some(connected);
+        }
+        if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+            break;
+        }
+    }
+    hold.timed_out.increment(1);
+    debug!(service = %service.name, id, %peer, "hold_timeout passed, closing the held client");
+    None
+}
+
+async fn sleep_until_or_never(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Try the backends of `snapshot` in order. With `verify`, return

@@ -373,6 +373,9 @@ pub fn format_status(status: &Status) -> String {
             "  {:<3} {:<16} {:<28} {:<5} {:<9} {:>8} {:>6}\n",
             "", "BACKEND", "ADDRESS", "STATE", "ENABLED", "FAILURES", "CONNS"
         ));
+        if let Some(held) = service.held {
+            out.push_str(&format!("  held clients {held}\n"));
+        }
         if let Some(dns) = &service.dns {
             let published = match (&dns.published, &dns.backend) {
                 (Some(ip), Some(backend)) => format!("{ip} ({backend})"),

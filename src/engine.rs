@@ -27,7 +27,7 @@ use crate::metrics as m;
 use crate::notify;
 use crate::policy::{self, BackendView, Cause, Policy, SwitchReason};
 use crate::ratelimit::LogLimit;
-use crate::service::{Backend, Event, Health, Service, Snapshot};
+use crate::service::{Backend, Event, Health, Hold, Service, Snapshot};
 
 /// A running engine: the service it steers and how to stop it.
 pub struct EngineHandle {
@@ -90,6 +90,7 @@ pub fn start(
         client_failure_log: LogLimit::new(),
         limit: Limit::new(config.settings.max_connections),
         fallbacks: AtomicBool::new(false),
+        hold: Hold::new(&config.name),
         events: tx,
     });
     let stop = CancellationToken::new();
@@ -266,6 +267,11 @@ impl Engine {
         drop(health);
         backend.set_up(up);
         backend.reset_passive_errors();
+        if up {
+            // A held client may now connect, even with no switch (a
+            // last-resort try of a recovered backend).
+            self.service.hold.wake();
+        }
         let error = (!up && reason == SwitchReason::HealthCheck)
             .then(|| backend.last_check_error())
             .flatten()
@@ -332,6 +338,7 @@ impl Engine {
         }));
         set_active_gauges(&old.backends, active);
         self.publish_dns();
+        self.service.hold.wake();
     }
 
     /// Tell the DNS publisher the active backend's address (`None`: no
@@ -441,6 +448,7 @@ impl Engine {
         });
         set_active_gauges(&next.backends, current);
         self.service.current.store(Arc::clone(&next));
+        self.service.hold.wake();
         self.checks.cancel();
         self.checks = self.stop.child_token();
         self.spawn_checks();

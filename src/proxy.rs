@@ -250,7 +250,9 @@ impl Proxy {
                         last_check_error: b.last_check_error(),
                     })
                     .collect();
+                let service = &running.engine.service;
                 ServiceStatus {
+                    held: snapshot.settings.hold_timeout.map(|_| service.hold.held()),
                     dns: running.dns.as_ref().map(PublisherHandle::status),
                     name: running.config.name.clone(),
                     listen: running.bound.map(|b| b.to_string()),
@@ -268,6 +270,10 @@ impl Proxy {
     pub async fn shutdown(&self, timeout: Duration) -> usize {
         // Every service's accept loop watches a child of this token.
         self.stop_accept.cancel();
+        // Held clients have no backend to finish with: close them now.
+        for running in &self.state.lock().await.services {
+            running.engine.service.hold.close_all();
+        }
         self.connections.close();
         let drained = tokio::time::timeout(timeout, self.connections.wait())
             .await
@@ -441,6 +447,9 @@ pub struct ServiceStatus {
     pub listen: Option<String>,
     pub active: Option<String>,
     pub backends: Vec<BackendStatus>,
+    /// With `hold_timeout`: client connections held now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<u64>,
     /// With `[service.dns]`: what the record holds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns: Option<DnsStatus>,

@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use metrics::{Counter, Gauge, Histogram};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{BackendAddress, BackendConfig, ServiceConfig, Settings};
@@ -352,7 +352,79 @@ pub struct Service {
     /// one under `on_switch = "close"`; the engine clears it when it closes
     /// such connections (see [`Service::note_fallback`]).
     pub fallbacks: AtomicBool,
+    /// Client connections waiting for a backend (`hold_timeout`).
+    pub hold: Hold,
     pub(crate) events: mpsc::UnboundedSender<Event>,
+}
+
+/// Where held client connections wait (SPEC.md: Hold): the engine wakes
+/// them whenever the snapshot changes or a backend comes up, so they try
+/// again at once; a shutdown closes them.
+pub struct Hold {
+    /// Bumped by the engine on every change a held client may care about.
+    changed: watch::Sender<u64>,
+    /// Cancelled at shutdown: held clients are closed, not drained.
+    closing: CancellationToken,
+    held: AtomicU64,
+    gauge: Gauge,
+    pub served: Counter,
+    pub timed_out: Counter,
+}
+
+impl Hold {
+    pub fn new(service: &str) -> Hold {
+        let with = |result: &'static str| metrics::counter!(m::HELD_TOTAL, "service" => service.to_string(), "result" => result);
+        Hold {
+            changed: watch::channel(0).0,
+            closing: CancellationToken::new(),
+            held: AtomicU64::new(0),
+            gauge: metrics::gauge!(m::CONNECTIONS_HELD, "service" => service.to_string()),
+            served: with("served"),
+            timed_out: with("timeout"),
+        }
+    }
+
+    /// Wake every held client: try the backends again now.
+    pub fn wake(&self) {
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Wakes after the next [`Hold::wake`].
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Cancelled when the proxy shuts down.
+    pub fn closing(&self) -> &CancellationToken {
+        &self.closing
+    }
+
+    /// Close every held client and refuse to hold new ones (shutdown).
+    pub fn close_all(&self) {
+        self.closing.cancel();
+    }
+
+    /// Client connections held now.
+    pub fn held(&self) -> u64 {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// Count one held client until the guard drops.
+    pub fn enter(&self) -> HeldGuard<'_> {
+        self.held.fetch_add(1, Ordering::Relaxed);
+        self.gauge.increment(1.0);
+        HeldGuard(self)
+    }
+}
+
+/// One held client, counted in `failoverd_connections_held` while it lives.
+pub struct HeldGuard<'a>(&'a Hold);
+
+impl Drop for HeldGuard<'_> {
+    fn drop(&mut self) {
+        self.0.held.fetch_sub(1, Ordering::Relaxed);
+        self.0.gauge.decrement(1.0);
+    }
 }
 
 impl Service {
@@ -472,6 +544,7 @@ mod tests {
             client_failure_log: LogLimit::new(),
             limit: Limit::new(0),
             fallbacks: AtomicBool::new(false),
+            hold: Hold::new("svc"),
             events,
         }
     }
