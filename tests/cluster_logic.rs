@@ -225,7 +225,8 @@ impl Nodes {
     /// Settled: every live member connected, sees all live members and one
     /// decider, and exactly one of them is it.
     fn settled(&self) -> bool {
-        let live: Vec<String> = self.live().map(|n| n.name.clone()).collect();
+        let mut live: Vec<String> = self.live().map(|n| n.name.clone()).collect();
+        live.sort();
         let deciders = self.deciders();
         deciders.len() == 1
             && self.live().all(|n| {
@@ -817,17 +818,26 @@ async fn a_decider_lost_between_the_two_steps_is_completed_by_its_successor() {
     .await;
 }
 
+/// What the relay does to the traffic it carries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Faults {
+    /// Watch streams deliver nothing.
+    stall_watches: bool,
+    /// Nothing gets through either way: a partition.
+    blackhole: bool,
+}
+
 /// A TCP relay in front of etcd that can lose the answers of transactions
-/// (applied by etcd, answer never delivered) and stall watch streams.
+/// (applied by etcd, answer never delivered), stall watch streams and
+/// black-hole everything. A connection that suffered a fault is closed
+/// when the fault is lifted (its stream lost bytes).
 struct Relay {
     addr: std::net::SocketAddr,
     /// Lose the answers of this many more transactions.
     lose_txn_answers: Arc<std::sync::atomic::AtomicUsize>,
     /// Transaction answers lost so far.
     lost: Arc<std::sync::atomic::AtomicUsize>,
-    /// While true, watch streams deliver nothing; set back to false, the
-    /// stalled streams are closed.
-    stall_watches: watch::Sender<bool>,
+    faults: watch::Sender<Faults>,
     task: JoinHandle<()>,
 }
 
@@ -838,7 +848,7 @@ impl Relay {
         let addr = listener.local_addr().unwrap();
         let lose_txn_answers = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let lost = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (stall_watches, stall_rx) = watch::channel(false);
+        let (faults, faults_rx) = watch::channel(Faults::default());
         let task = {
             let (lose, lost) = (lose_txn_answers.clone(), lost.clone());
             tokio::spawn(async move {
@@ -846,13 +856,12 @@ impl Relay {
                     let Ok(server) = tokio::net::TcpStream::connect(target).await else {
                         continue;
                     };
-                    tokio::spawn(relay(
-                        client,
-                        server,
-                        lose.clone(),
-                        lost.clone(),
-                        stall_rx.clone(),
-                    ));
+                    let conn = Conn {
+                        lose: lose.clone(),
+                        lost: lost.clone(),
+                        faults: faults_rx.clone(),
+                    };
+                    tokio::spawn(conn.relay(client, server));
                 }
             })
         };
@@ -860,13 +869,17 @@ impl Relay {
             addr,
             lose_txn_answers,
             lost,
-            stall_watches,
+            faults,
             task,
         }
     }
 
     fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    fn set(&self, change: impl FnOnce(&mut Faults)) {
+        self.faults.send_modify(change);
     }
 }
 
@@ -876,78 +889,92 @@ impl Drop for Relay {
     }
 }
 
-async fn relay(
-    client: tokio::net::TcpStream,
-    server: tokio::net::TcpStream,
+struct Conn {
     lose: Arc<std::sync::atomic::AtomicUsize>,
     lost: Arc<std::sync::atomic::AtomicUsize>,
-    mut stall: watch::Receiver<bool>,
-) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let contains = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
-    let (mut cr, mut cw) = client.into_split();
-    let (mut sr, mut sw) = server.into_split();
-    let lose_answer = Arc::new(AtomicBool::new(false));
-    let is_watch = Arc::new(AtomicBool::new(false));
-    let up = {
-        let (lose_answer, is_watch) = (lose_answer.clone(), is_watch.clone());
-        async move {
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                let n = match cr.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => n,
-                };
-                let chunk = &buf[..n];
-                if contains(chunk, b"POST /v3/kv/txn ")
-                    && lose
-                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                        .is_ok()
-                {
-                    lose_answer.store(true, Ordering::SeqCst);
-                }
-                if contains(chunk, b"POST /v3/watch ") {
-                    is_watch.store(true, Ordering::SeqCst);
-                }
-                if sw.write_all(chunk).await.is_err() {
-                    return;
-                }
-            }
-        }
-    };
-    let down = async move {
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut stalled = false;
-        loop {
-            tokio::select! {
-                read = sr.read(&mut buf) => {
-                    let n = match read {
+    faults: watch::Receiver<Faults>,
+}
+
+impl Conn {
+    async fn relay(self, client: tokio::net::TcpStream, server: tokio::net::TcpStream) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let contains = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
+        let (mut cr, mut cw) = client.into_split();
+        let (mut sr, mut sw) = server.into_split();
+        let lose_answer = Arc::new(AtomicBool::new(false));
+        let is_watch = Arc::new(AtomicBool::new(false));
+        // Set once this connection lost bytes to a fault.
+        let hurt = Arc::new(AtomicBool::new(false));
+        let up = {
+            let (lose_answer, is_watch, hurt) =
+                (lose_answer.clone(), is_watch.clone(), hurt.clone());
+            let (lose, faults) = (self.lose.clone(), self.faults.clone());
+            async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let n = match cr.read(&mut buf).await {
                         Ok(0) | Err(_) => return,
                         Ok(n) => n,
                     };
-                    if lose_answer.load(Ordering::SeqCst) {
-                        lost.fetch_add(1, Ordering::SeqCst);
-                        return;
-                    }
-                    if is_watch.load(Ordering::SeqCst) && *stall.borrow() {
-                        stalled = true;
+                    if faults.borrow().blackhole {
+                        hurt.store(true, Ordering::SeqCst);
                         continue;
                     }
-                    if cw.write_all(&buf[..n]).await.is_err() {
-                        return;
+                    let chunk = &buf[..n];
+                    if contains(chunk, b"POST /v3/kv/txn ")
+                        && lose
+                            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                            .is_ok()
+                    {
+                        lose_answer.store(true, Ordering::SeqCst);
                     }
-                }
-                changed = stall.changed() => {
-                    if changed.is_err() || (stalled && !*stall.borrow()) {
+                    if contains(chunk, b"POST /v3/watch ") {
+                        is_watch.store(true, Ordering::SeqCst);
+                    }
+                    if sw.write_all(chunk).await.is_err() {
                         return;
                     }
                 }
             }
+        };
+        let mut faults = self.faults;
+        let lost = self.lost;
+        let down = async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                tokio::select! {
+                    read = sr.read(&mut buf) => {
+                        let n = match read {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        if lose_answer.load(Ordering::SeqCst) {
+                            lost.fetch_add(1, Ordering::SeqCst);
+                            return;
+                        }
+                        let now = *faults.borrow();
+                        if now.blackhole || (now.stall_watches && is_watch.load(Ordering::SeqCst)) {
+                            hurt.store(true, Ordering::SeqCst);
+                            continue;
+                        }
+                        if cw.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                    changed = faults.changed() => {
+                        let now = *faults.borrow_and_update();
+                        let lifted = !now.blackhole && !now.stall_watches;
+                        if changed.is_err() || (lifted && hurt.load(Ordering::SeqCst)) {
+                            return;
+                        }
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            _ = up => {}
+            _ = down => {}
         }
-    };
-    tokio::select! {
-        _ = up => {}
-        _ = down => {}
     }
 }
 
@@ -1004,7 +1031,7 @@ async fn a_member_whose_watch_fell_behind_a_compaction_reads_again_and_catches_u
         ));
         let g0 = nodes.ready().await;
         assert!(!nodes.0[2].is_decider());
-        relay.stall_watches.send_replace(true);
+        relay.set(|f| f.stall_watches = true);
         nodes.set_all(false, true);
         eventually(
             "the first step at px1 and px2",
@@ -1033,7 +1060,7 @@ async fn a_member_whose_watch_fell_behind_a_compaction_reads_again_and_catches_u
         let (_, revision) = client.get(b"/").await.unwrap();
         etcd.compact(revision).await;
         let released = Instant::now();
-        relay.stall_watches.send_replace(false);
+        relay.set(|f| f.stall_watches = false);
         let took = eventually(
             "px3 catches up and the switch completes",
             Duration::from_secs(5),
@@ -1046,6 +1073,67 @@ async fn a_member_whose_watch_fell_behind_a_compaction_reads_again_and_catches_u
         );
         assert_eq!(nodes.agreed_on(BACKUP), Some(g0 + 2));
         assert_eq!(nodes.switches().len(), 1);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decider_cut_off_from_etcd_knows_it_before_the_others_replace_it() {
+    within(60, async {
+        let etcd = Etcd::start().await;
+        let relay = Relay::start(etcd.endpoint(0)).await;
+        // px3, behind the relay, starts first and becomes the decider.
+        let mut nodes = Nodes(vec![Node::start(&[relay.endpoint()], "px3", spec(Duration::ZERO))]);
+        eventually("px3 decides", Duration::from_secs(10), || nodes.settled()).await;
+        for name in ["px1", "px2"] {
+            nodes.0.push(Node::start(&etcd.endpoints(), name, spec(Duration::ZERO)));
+        }
+        let g0 = nodes.ready().await;
+        assert_eq!(nodes.deciders(), ["px3"]);
+
+        relay.set(|f| f.blackhole = true);
+        let cut = Instant::now();
+        let (mut lost_at, mut gone_at, mut replaced_at) = (None, None, None);
+        while gone_at.is_none() || replaced_at.is_none() {
+            assert!(cut.elapsed() < TTL + MARGIN + MARGIN, "px3 never left the others' view");
+            let px3 = &nodes.0[0];
+            if lost_at.is_none() && !px3.connected() {
+                assert!(!px3.is_decider(), "disconnected but still the decider");
+                lost_at = Some(cut.elapsed());
+            }
+            let others = &nodes.0[1..];
+            if gone_at.is_none()
+                && others.iter().all(|n| !n.handle.status().members.contains(&"px3".to_string()))
+            {
+                gone_at = Some(cut.elapsed());
+            }
+            if replaced_at.is_none() && others.iter().any(|n| n.is_decider()) {
+                assert!(!px3.connected() && !px3.is_decider(), "two deciders at once");
+                replaced_at = Some(cut.elapsed());
+            }
+            assert_eq!(px3.agreed().map(|a| a.generation), Some(g0));
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let (lost_at, gone_at, replaced_at) = (lost_at.unwrap(), gone_at.unwrap(), replaced_at.unwrap());
+        println!(
+            "decider cut off from etcd: it knew after {} ms, the others saw its lease expire after {} ms \
+             and had a new decider after {} ms (ttl {} ms)",
+            ms(lost_at),
+            ms(gone_at),
+            ms(replaced_at),
+            ms(TTL)
+        );
+        assert!(lost_at <= TTL, "px3 noticed only after {lost_at:?}");
+        assert!(lost_at < gone_at && lost_at < replaced_at);
+
+        relay.set(|f| f.blackhole = false);
+        let took = eventually("px3 rejoins", Duration::from_secs(10), || {
+            nodes.settled() && nodes.0[0].connected()
+        })
+        .await;
+        println!("partition healed: px3 a member again after {} ms", ms(took));
+        assert_eq!(nodes.agreed_on(PRIMARY), Some(g0), "no switch throughout");
+        assert!(nodes.switches().is_empty());
     })
     .await;
 }

@@ -19,6 +19,7 @@ use super::lease::Timing;
 use super::session::{self, Task};
 use super::types::{Agreed, ClusterStatus, LocalView, ServiceSpec, SwitchEvent};
 use crate::config::ClusterConfig;
+use crate::metrics as m;
 
 /// Tries of a maintenance write whose answer was lost.
 const MAINTENANCE_ATTEMPTS: usize = 3;
@@ -43,6 +44,17 @@ impl Inner {
     /// The generation each service's engine applied last.
     pub fn acked(&self) -> MutexGuard<'_, BTreeMap<String, u64>> {
         self.acked.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// No longer a member (or no longer running): not connected, not the
+    /// decider.
+    pub fn set_lost(&self) {
+        self.connected.send_replace(false);
+        self.decider.send_replace(false);
+        self.status
+            .send_if_modified(|s| std::mem::replace(&mut s.connected, false));
+        metrics::gauge!(m::CLUSTER_CONNECTED).set(0.0);
+        metrics::gauge!(m::CLUSTER_DECIDER).set(0.0);
     }
 
     pub fn agreed_senders(
@@ -156,8 +168,7 @@ impl Drop for Cluster {
         if let Some(task) = self.task.take() {
             task.abort();
         }
-        self.handle.inner.connected.send_replace(false);
-        self.handle.inner.decider.send_replace(false);
+        self.handle.inner.set_lost();
     }
 }
 

@@ -12,6 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Duration, Instant, sleep, sleep_until};
@@ -21,7 +22,7 @@ use tracing::{debug, info, trace, warn};
 use super::decider::Decider;
 use super::etcd::{EtcdError, Event, LeaseId, Watch};
 use super::handle::Inner;
-use super::lease::{self, AbortOnDrop, LeaseState, REJOIN_FIRST_DELAY};
+use super::lease::{self, AbortOnDrop, Expired, LeaseState, REJOIN_FIRST_DELAY};
 use super::mirror::Mirror;
 use super::records::{self, MemberRecord, MemberService, StateRecord};
 use super::types::{Agreed, ClusterStatus, LocalView, Seen, ServiceSpec, SwitchEvent};
@@ -67,8 +68,11 @@ pub(super) struct Session<'a> {
     pub task: &'a Task,
     pub lease: LeaseId,
     lease_rx: watch::Receiver<LeaseState>,
+    /// Set by the renewal task when the lease is lost: from then on no
+    /// flag may say "member" or "decider" again in this session.
+    expired: Expired,
     _renewal: AbortOnDrop,
-    /// Not a member from this moment on (last confirmed send + ttl).
+    /// Not a member from this moment on (last confirmed send + `lost_after`).
     pub deadline: Instant,
     pub mirror: Mirror,
     watch: Option<Watch>,
@@ -79,6 +83,7 @@ pub(super) struct Session<'a> {
     record_dirty: bool,
     record_retry_at: Instant,
     last_record: Option<Vec<u8>>,
+    record_failing: bool,
     pub role: Option<Role>,
     pub campaign_at: Instant,
     pub decide_at: Instant,
@@ -123,7 +128,7 @@ pub(super) async fn run(task: Task) {
         let end = session.run().await;
         let lease = session.lease;
         drop(session);
-        task.set_lost();
+        task.inner.set_lost();
         match end {
             End::Cancelled => break,
             End::Stop => {
@@ -138,7 +143,7 @@ pub(super) async fn run(task: Task) {
             }
         }
     }
-    task.set_lost();
+    task.inner.set_lost();
 }
 
 /// Revoke every lease this member may still hold (its keys go at once).
@@ -147,17 +152,6 @@ async fn leave(task: &Task, leases: &[LeaseId]) {
         if let Err(e) = task.inner.client.revoke(*lease).await {
             warn!(%lease, error = %e, "cannot revoke the lease; it expires after ttl");
         }
-    }
-}
-
-impl Task {
-    fn set_lost(&self) {
-        let inner = &self.inner;
-        inner.connected.send_replace(false);
-        inner.decider.send_replace(false);
-        inner.status.send_modify(|s| s.connected = false);
-        metrics::gauge!(m::CLUSTER_CONNECTED).set(0.0);
-        metrics::gauge!(m::CLUSTER_DECIDER).set(0.0);
     }
 }
 
@@ -170,8 +164,12 @@ impl<'a> Session<'a> {
         let lease = inner.client.grant(inner.timing.ttl).await?;
         stale.push(lease.id);
         debug!(lease = %lease.id, granted = ?lease.ttl, "etcd lease granted");
-        let (lease_rx, renewal) =
-            lease::keep_alive(inner.client.clone(), lease.id, inner.timing, sent);
+        let on_lost = {
+            let inner = Arc::clone(inner);
+            move || inner.set_lost()
+        };
+        let (lease_rx, expired, renewal) =
+            lease::keep_alive(inner.client.clone(), lease.id, inner.timing, sent, on_lost);
         // Revoked before the new record is written: a late write of the
         // lost session then fails instead of outliving this record.
         while let Some(&old) = stale.iter().find(|l| **l != lease.id) {
@@ -183,8 +181,9 @@ impl<'a> Session<'a> {
             task,
             lease: lease.id,
             lease_rx,
+            expired,
             _renewal: renewal,
-            deadline: sent + inner.timing.ttl,
+            deadline: sent + inner.timing.lost_after,
             mirror: Mirror::load(&inner.keys, &[], 0),
             watch: None,
             resync_at: now,
@@ -194,6 +193,7 @@ impl<'a> Session<'a> {
             record_dirty: true,
             record_retry_at: now,
             last_record: None,
+            record_failing: false,
             role: None,
             campaign_at: now,
             decide_at: now,
@@ -225,8 +225,9 @@ impl<'a> Session<'a> {
         if Instant::now() >= self.deadline {
             return End::Lost("joining took longer than ttl".into());
         }
-        let inner = &self.task.inner;
-        inner.connected.send_replace(true);
+        if !self.raise(&self.task.inner.connected) {
+            return End::Lost("the lease expired while joining".into());
+        }
         metrics::gauge!(m::CLUSTER_CONNECTED).set(1.0);
         info!(lease = %self.lease, members = self.mirror.members.len(), "joined the cluster");
         loop {
@@ -239,9 +240,10 @@ impl<'a> Session<'a> {
                 _ = self.task.cancel.cancelled() => return End::Cancelled,
                 _ = self.task.stop.cancelled() => return End::Stop,
                 _ = sleep_until(self.deadline) => {
+                    let timing = self.task.inner.timing;
                     return End::Lost(format!(
-                        "no lease renewal confirmed by etcd for {:?} (ttl)",
-                        self.task.inner.timing.ttl
+                        "no lease renewal confirmed by etcd for {:?} (ttl {:?} less a margin)",
+                        timing.lost_after, timing.ttl
                     ));
                 }
                 changed = self.lease_rx.changed() => {
@@ -249,7 +251,7 @@ impl<'a> Session<'a> {
                     if changed.is_err() || state.gone {
                         return End::Lost("etcd no longer has the lease".into());
                     }
-                    self.deadline = state.confirmed + self.task.inner.timing.ttl;
+                    self.deadline = state.confirmed + self.task.inner.timing.lost_after;
                 }
                 batch = next_batch(&mut self.watch) => self.on_watch(batch),
                 changed = self.local.changed(), if self.local_open => match changed {
@@ -309,6 +311,21 @@ impl<'a> Session<'a> {
             }
         }
         wake
+    }
+
+    /// Set `flag` to true unless the lease is lost; the renewal task
+    /// lowers it under the same lock, so it never stays up after a loss.
+    pub fn raise(&self, flag: &watch::Sender<bool>) -> bool {
+        let expired = &self.expired;
+        flag.send_if_modified(|up| {
+            if expired.load(Ordering::SeqCst) {
+                false
+            } else {
+                *up = true;
+                true
+            }
+        });
+        *flag.borrow()
     }
 
     /// Not yet past the deadline: this member may still write as one.
@@ -420,13 +437,18 @@ impl<'a> Session<'a> {
                 trace!(took = ?started.elapsed(), "member record written");
                 self.last_record = Some(record);
                 self.record_dirty = false;
+                self.record_failing = false;
                 None
             }
             Err(e) if e.is_lease_not_found() => {
                 Some(End::Lost("etcd no longer has the lease".into()))
             }
             Err(e) => {
-                debug!(error = %e, "cannot write the member record; retrying");
+                if std::mem::replace(&mut self.record_failing, true) {
+                    debug!(error = %e, "cannot write the member record; retrying");
+                } else {
+                    warn!(error = %e, "cannot write the member record; retrying");
+                }
                 self.last_record = None;
                 self.record_retry_at = self.retry_at();
                 None
@@ -491,7 +513,7 @@ impl<'a> Session<'a> {
         let inner = &self.task.inner;
         let status = ClusterStatus {
             name: inner.name.clone(),
-            connected: true,
+            connected: *inner.connected.borrow(),
             decider: self.mirror.decider.as_ref().map(|d| d.name.clone()),
             members: self.mirror.member_names(),
         };

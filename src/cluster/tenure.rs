@@ -102,8 +102,12 @@ impl Session<'_> {
             });
             self.decide_at = Instant::now();
         }
-        let decider = self.role.is_some();
-        inner.decider.send_replace(decider);
+        let decider = if self.role.is_some() {
+            self.raise(&inner.decider)
+        } else {
+            inner.decider.send_replace(false);
+            false
+        };
         metrics::gauge!(m::CLUSTER_DECIDER).set(if decider { 1.0 } else { 0.0 });
     }
 
