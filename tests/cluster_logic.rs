@@ -64,7 +64,7 @@ fn view(primary: bool, backup: bool) -> LocalView {
 
 /// One agreed state a member's follower saw, and when.
 #[derive(Debug, Clone)]
-struct Seen1 {
+struct Observed {
     at: Instant,
     agreed: Option<Agreed>,
 }
@@ -75,7 +75,7 @@ struct Node {
     cluster: Option<Cluster>,
     handle: ClusterHandle,
     view: watch::Sender<LocalView>,
-    seen: Arc<Mutex<Vec<Seen1>>>,
+    seen: Arc<Mutex<Vec<Observed>>>,
     acks: Arc<Mutex<Vec<(Instant, u64)>>>,
     withhold: Arc<AtomicBool>,
     switches: Arc<Mutex<Vec<SwitchEvent>>>,
@@ -106,7 +106,7 @@ impl Node {
                 loop {
                     let agreed = rx.borrow_and_update().clone();
                     let at = Instant::now();
-                    seen.lock().unwrap().push(Seen1 {
+                    seen.lock().unwrap().push(Observed {
                         at,
                         agreed: agreed.clone(),
                     });
@@ -168,7 +168,7 @@ impl Node {
         self.cluster.take();
     }
 
-    fn history(&self) -> Vec<Seen1> {
+    fn history(&self) -> Vec<Observed> {
         self.seen.lock().unwrap().clone()
     }
 }
@@ -627,11 +627,9 @@ async fn losing_etcd_disconnects_every_member_within_ttl_and_they_rejoin_to_the_
         let nodes = Nodes::start(&etcd, spec(Duration::ZERO));
         let g0 = nodes.ready().await;
         etcd.kill(0);
-        let took = eventually(
-            "every member disconnected",
-            TTL + Duration::from_millis(300),
-            || nodes.live().all(|n| !n.connected()),
-        )
+        let took = eventually("every member disconnected", TTL, || {
+            nodes.live().all(|n| !n.connected())
+        })
         .await;
         println!(
             "etcd killed: every member disconnected after {} ms (ttl {} ms)",

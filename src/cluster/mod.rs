@@ -20,11 +20,12 @@
 //! Files: `types` (the interface types), `keys` and `records` (the key
 //! layout and the JSON under it), `mirror` (the member's copy of the
 //! keys), `decider` (the pure decision), `lease` (timings, renewal),
-//! `session` (join, follow, rejoin), `tenure` (election and the
+//! `session` (join, the loop, rejoin), `follow` (the record, publishing the mirror), `tenure` (election and the
 //! decider's conditioned writes), `handle` (start, stop, the handle).
 pub mod etcd;
 
 mod decider;
+mod follow;
 mod handle;
 mod keys;
 mod lease;
