@@ -1135,3 +1135,56 @@ async fn a_decider_cut_off_from_etcd_knows_it_before_the_others_replace_it() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_changes_the_choice_switches_with_reason_reload_and_adds_services() {
+    within(60, async {
+        let etcd = Etcd::start().await;
+        let nodes = Nodes::start(&etcd, spec(Duration::ZERO));
+        let g0 = nodes.ready().await;
+        assert!(
+            nodes.0[0].handle.agreed("cache").is_none(),
+            "not a service yet"
+        );
+        // The backup becomes the first choice, and a second service appears.
+        let reordered = ServiceSpec {
+            backends: vec![BACKUP.into(), PRIMARY.into()],
+            ..spec(Duration::ZERO)
+        };
+        let cache = ServiceSpec {
+            name: "cache".into(),
+            ..spec(Duration::ZERO)
+        };
+        for n in &nodes.0 {
+            n.handle
+                .update_services(vec![reordered.clone(), cache.clone()]);
+        }
+        eventually(
+            "the reload moved everybody",
+            Duration::from_secs(10),
+            || nodes.agreed_on(BACKUP).is_some(),
+        )
+        .await;
+        assert_eq!(nodes.agreed_on(BACKUP), Some(g0 + 2));
+        let switches = nodes.switches();
+        assert_eq!(switches.len(), 1, "{switches:?}");
+        assert_eq!(switches[0].reason, SwitchReason::Reload);
+        eventually(
+            "the new service has an agreed state everywhere",
+            Duration::from_secs(10),
+            || {
+                nodes.live().all(|n| {
+                    n.handle
+                        .agreed("cache")
+                        .unwrap()
+                        .borrow()
+                        .as_ref()
+                        .map(|a| a.active.clone())
+                        == Some(Some(PRIMARY.into()))
+                })
+            },
+        )
+        .await;
+    })
+    .await;
+}

@@ -58,12 +58,14 @@ pub(super) struct Step {
 
 /// The decider's memory between steps: when each backend's combined view
 /// turned up (for `failback_delay`), counted from when this member became
-/// the decider at the earliest, so taking over never makes a failback due.
+/// the decider at the earliest, so taking over never makes a failback due;
+/// and each service's spec at the last step, so a switch a changed spec
+/// causes is one with reason `reload`.
 #[derive(Debug)]
 pub(super) struct Decider {
     me: String,
     up_since: HashMap<(String, String), Instant>,
-    reload: bool,
+    specs: HashMap<String, ServiceSpec>,
 }
 
 impl Decider {
@@ -72,26 +74,22 @@ impl Decider {
         Decider {
             me: me.to_string(),
             up_since: HashMap::new(),
-            reload: false,
+            specs: HashMap::new(),
         }
-    }
-
-    /// The services were reloaded: a switch the next step starts is one
-    /// with reason `reload`.
-    pub fn reloaded(&mut self) {
-        self.reload = true;
     }
 
     /// Decide every service of `specs` against `mirror` at `now`.
     pub fn step(&mut self, mirror: &Mirror, specs: &[ServiceSpec], now: Instant) -> Step {
-        let reload = std::mem::take(&mut self.reload);
         self.up_since.retain(|(service, backend), _| {
             specs
                 .iter()
                 .any(|s| &s.name == service && s.backends.contains(backend))
         });
         let mut step = Step::default();
+        let previous = std::mem::take(&mut self.specs);
         for spec in specs {
+            self.specs.insert(spec.name.clone(), spec.clone());
+            let reload = previous.get(&spec.name).is_some_and(|p| p != spec);
             let views = self.views(spec, mirror, now);
             let service = Service {
                 spec,

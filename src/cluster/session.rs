@@ -264,12 +264,7 @@ impl<'a> Session<'a> {
                     Err(_) => self.local_open = false,
                 },
                 _ = self.task.inner.ack_notify.notified() => self.record_dirty = true,
-                _ = self.specs.changed() => {
-                    self.record_dirty = true;
-                    if let Some(role) = self.role.as_mut() {
-                        role.decider.reloaded();
-                    }
-                }
+                _ = self.specs.changed() => self.record_dirty = true,
                 _ = sleep_until(wake) => {}
             }
         }

@@ -378,9 +378,24 @@ fn a_reload_names_the_reason() {
     w.state(&state(4, Some(P)));
     sp.backends.reverse();
     let mut d = Decider::new("px1");
-    d.reloaded();
+    let before = spec(Failback::Manual, 0);
+    assert!(
+        d.step(&w.mirror(), std::slice::from_ref(&before), Instant::now())
+            .writes
+            .is_empty()
+    );
     let s = d.step(&w.mirror(), std::slice::from_ref(&sp), Instant::now());
     assert_eq!(s.writes[0].record.reason.as_deref(), Some("reload"));
+    // Only the service whose spec changed: the same spec again is no reload.
+    let mut d = Decider::new("px1");
+    d.step(&w.mirror(), std::slice::from_ref(&sp), Instant::now());
+    let mut down = World::new();
+    for name in ["px1", "px2", "px3"] {
+        down.member(name, Some(true), Some(false), 4);
+    }
+    down.state(&state(4, Some(B)));
+    let s = d.step(&down.mirror(), std::slice::from_ref(&sp), Instant::now());
+    assert_eq!(s.writes[0].record.reason.as_deref(), Some("health_check"));
     // The agreed backend is gone from the config.
     let sp = ServiceSpec {
         backends: vec![B.into()],
