@@ -51,8 +51,15 @@ pub struct TestBackend {
 }
 
 impl TestBackend {
+    /// A backend on a free port of 127.0.0.1.
     pub async fn start(name: &str, mode: Mode) -> TestBackend {
-        let listener = listen("127.0.0.1:0".parse().expect("addr")).expect("bind backend");
+        TestBackend::start_on(name, mode, "127.0.0.1:0".parse().expect("addr")).await
+    }
+
+    /// A backend on `addr` (`[::1]:0` for IPv6).
+    pub async fn start_on(name: &str, mode: Mode, addr: SocketAddr) -> TestBackend {
+        let listener =
+            listen(addr).unwrap_or_else(|e| panic!("bind backend {name} on {addr}: {e}"));
         let addr = listener.local_addr().expect("backend addr");
         let mut backend = TestBackend {
             name: name.to_string(),
