@@ -281,6 +281,15 @@ impl Launch {
     }
 }
 
+/// Text that `Debug` prints as is (a scrape in a panic message).
+struct Unquoted(String);
+
+impl std::fmt::Debug for Unquoted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "\n{}", self.0)
+    }
+}
+
 /// A child's stderr, line by line, as far as it has been read.
 #[derive(Default)]
 struct LogBuffer {
@@ -533,6 +542,25 @@ impl Failoverd {
                 .metrics
                 .expect("the config has no admin.metrics"),
         )
+        .await
+    }
+
+    /// Scrape until `pred` holds (at most `timeout`); that scrape. On
+    /// timeout the panic shows the last scrape's text.
+    pub async fn metrics_until(
+        &self,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&Scrape) -> bool,
+    ) -> Scrape {
+        eventually(timeout, &format!("metrics showing {what}"), || async {
+            let scrape = self.metrics().await;
+            if pred(&scrape) {
+                Ok(scrape)
+            } else {
+                Err(Unquoted(scrape.text))
+            }
+        })
         .await
     }
 }
