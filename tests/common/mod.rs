@@ -14,7 +14,6 @@
 
 pub mod backend;
 pub mod config;
-mod legacy;
 pub mod net;
 pub mod process;
 pub mod prom;
@@ -24,7 +23,6 @@ pub mod wait;
 
 pub use backend::{Mode, TestBackend, accept_with_data};
 pub use config::{ConfigToml, Service, Table, Value, svc, toml_str};
-pub use legacy::{backends_toml, service_toml};
 pub use net::{
     answered_by, closed_port, connect_greeted, echo_once, echo_roundtrip, free_port, listen,
     random_bytes, read_hashed, read_line, sha256, who_answers, who_answers_when_asked,
