@@ -24,6 +24,21 @@ fn fast_checks() -> Table {
         .set("fall", 2)
 }
 
+/// A `Greet` primary and backup, and a proxy in front of them with fast
+/// checks and `settings`.
+async fn greet_pair(settings: Table) -> (TestBackend, TestBackend, TestProxy) {
+    let primary = TestBackend::start("primary", Mode::Greet).await;
+    let backup = TestBackend::start("backup", Mode::Greet).await;
+    let proxy = TestProxy::start(
+        &svc(&[("primary", primary.addr), ("backup", backup.addr)])
+            .merge(&fast_checks())
+            .merge(&settings)
+            .toml(),
+    )
+    .await;
+    (primary, backup, proxy)
+}
+
 /// Long enough for any switch these tests wait for.
 const SWITCH_LIMIT: Duration = Duration::from_secs(5);
 
@@ -376,14 +391,10 @@ async fn fails_over_when_primary_accepts_but_never_answers_the_check() {
 async fn fails_back_automatically_after_rise_and_failback_delay() {
     init_logging();
     within(20, async {
-        let mut primary = TestBackend::start("primary", Mode::Greet).await;
-        let backup = TestBackend::start("backup", Mode::Greet).await;
-        let proxy = TestProxy::start(
-            &svc(&[("primary", primary.addr), ("backup", backup.addr)])
-                .merge(&fast_checks())
+        let (mut primary, _backup, proxy) = greet_pair(
+            Table::new()
                 .set("failback", "auto")
-                .set("failback_delay", "1s")
-                .toml(),
+                .set("failback_delay", "1s"),
         )
         .await;
         primary.stop_listening().await;
@@ -420,15 +431,8 @@ async fn fails_back_automatically_after_rise_and_failback_delay() {
 async fn manual_failback_stays_on_backup_until_the_backup_fails() {
     init_logging();
     within(20, async {
-        let mut primary = TestBackend::start("primary", Mode::Greet).await;
-        let mut backup = TestBackend::start("backup", Mode::Greet).await;
-        let proxy = TestProxy::start(
-            &svc(&[("primary", primary.addr), ("backup", backup.addr)])
-                .merge(&fast_checks())
-                .set("failback", "manual")
-                .toml(),
-        )
-        .await;
+        let (mut primary, mut backup, proxy) =
+            greet_pair(Table::new().set("failback", "manual")).await;
         primary.stop_listening().await;
         primary.stop();
         proxy.wait_active(Some("backup"), SWITCH_LIMIT).await;
@@ -493,15 +497,8 @@ async fn second_backup_serves_when_primary_and_first_backup_are_down() {
 async fn on_switch_close_closes_connections_on_failover_and_failback() {
     init_logging();
     within(20, async {
-        let mut primary = TestBackend::start("primary", Mode::Greet).await;
-        let backup = TestBackend::start("backup", Mode::Greet).await;
-        let proxy = TestProxy::start(
-            &svc(&[("primary", primary.addr), ("backup", backup.addr)])
-                .merge(&fast_checks())
-                .set("on_switch", "close")
-                .toml(),
-        )
-        .await;
+        let (mut primary, _backup, proxy) =
+            greet_pair(Table::new().set("on_switch", "close")).await;
         let on_primary = LiveConn::open(proxy.addr).await;
         assert_eq!(on_primary.backend, "primary");
 
@@ -528,15 +525,7 @@ async fn on_switch_close_closes_connections_on_failover_and_failback() {
 async fn on_switch_close_closes_connections_when_the_active_backend_is_disabled() {
     init_logging();
     within(20, async {
-        let primary = TestBackend::start("primary", Mode::Greet).await;
-        let backup = TestBackend::start("backup", Mode::Greet).await;
-        let proxy = TestProxy::start(
-            &svc(&[("primary", primary.addr), ("backup", backup.addr)])
-                .merge(&fast_checks())
-                .set("on_switch", "close")
-                .toml(),
-        )
-        .await;
+        let (_primary, _backup, proxy) = greet_pair(Table::new().set("on_switch", "close")).await;
         let on_primary = LiveConn::open(proxy.addr).await;
         assert_eq!(on_primary.backend, "primary");
         proxy
@@ -555,15 +544,7 @@ async fn on_switch_close_closes_connections_when_the_active_backend_is_disabled(
 async fn on_switch_keep_lets_connections_run_across_the_switch() {
     init_logging();
     within(20, async {
-        let mut primary = TestBackend::start("primary", Mode::Greet).await;
-        let backup = TestBackend::start("backup", Mode::Greet).await;
-        let proxy = TestProxy::start(
-            &svc(&[("primary", primary.addr), ("backup", backup.addr)])
-                .merge(&fast_checks())
-                .set("on_switch", "keep")
-                .toml(),
-        )
-        .await;
+        let (mut primary, _backup, proxy) = greet_pair(Table::new().set("on_switch", "keep")).await;
         let on_primary = LiveConn::open(proxy.addr).await;
         assert_eq!(on_primary.backend, "primary");
 
@@ -592,15 +573,8 @@ async fn notify_gets_service_from_to_and_reason_of_each_switch() {
     within(20, async {
         let dir = TempDir::new("notify");
         let log = dir.path("switches.log");
-        let primary = TestBackend::start("primary", Mode::Greet).await;
-        let backup = TestBackend::start("backup", Mode::Greet).await;
-        let proxy = TestProxy::start(
-            &svc(&[("primary", primary.addr), ("backup", backup.addr)])
-                .merge(&fast_checks())
-                .set("notify", notify_to_log(&log))
-                .toml(),
-        )
-        .await;
+        let (_primary, _backup, proxy) =
+            greet_pair(Table::new().set("notify", notify_to_log(&log))).await;
         let p = &proxy.proxy;
 
         p.set_enabled("svc", "primary", false)
@@ -639,20 +613,13 @@ async fn slow_notify_does_not_delay_the_next_switch() {
     within(20, async {
         let dir = TempDir::new("slow-notify");
         let started = dir.path("started");
-        let primary = TestBackend::start("primary", Mode::Greet).await;
-        let backup = TestBackend::start("backup", Mode::Greet).await;
-        let proxy = TestProxy::start(
-            &svc(&[("primary", primary.addr), ("backup", backup.addr)])
-                .merge(&fast_checks())
-                .set(
-                    "notify",
-                    notify_sh(
-                        "echo \"$FAILOVERD_REASON\" >> \"$0\"; exec sleep 30",
-                        &started,
-                    ),
-                )
-                .toml(),
-        )
+        let (_primary, _backup, proxy) = greet_pair(Table::new().set(
+            "notify",
+            notify_sh(
+                "echo \"$FAILOVERD_REASON\" >> \"$0\"; exec sleep 30",
+                &started,
+            ),
+        ))
         .await;
         let p = &proxy.proxy;
 
