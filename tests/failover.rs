@@ -12,34 +12,49 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
 
 /// Fast checks for tests that wait for a switch.
-const FAST_CHECKS: &str =
-    "check_interval = \"100ms\"\ncheck_timeout = \"100ms\"\nrise = 2\nfall = 2";
+fn fast_checks() -> Table {
+    Table::new()
+        .set("check_interval", "100ms")
+        .set("check_timeout", "100ms")
+        .set("rise", 2)
+        .set("fall", 2)
+}
+
+/// A `Greet` primary and backup, and a proxy in front of them with fast
+/// checks and `settings`.
+async fn greet_pair(settings: Table) -> (TestBackend, TestBackend, TestProxy) {
+    let primary = TestBackend::start("primary", Mode::Greet).await;
+    let backup = TestBackend::start("backup", Mode::Greet).await;
+    let proxy = TestProxy::start(
+        &svc(&[("primary", primary.addr), ("backup", backup.addr)])
+            .merge(&fast_checks())
+            .merge(&settings)
+            .toml(),
+    )
+    .await;
+    (primary, backup, proxy)
+}
 
 /// Long enough for any switch these tests wait for.
 const SWITCH_LIMIT: Duration = Duration::from_secs(5);
 
-/// A TOML basic string holding `s`.
-fn toml_str(s: &str) -> String {
-    serde_json::to_string(s).expect("quote")
-}
-
-/// `notify = [...]` running `sh -c SCRIPT ARG0`.
-fn notify_sh(script: &str, arg0: &Path) -> String {
-    format!(
-        "notify = [\"sh\", \"-c\", {}, {}]",
-        toml_str(script),
-        toml_str(&arg0.display().to_string())
-    )
+/// `notify` running `sh -c SCRIPT ARG0`.
+fn notify_sh(script: &str, arg0: &Path) -> Value {
+    Value::from(vec![
+        "sh".to_string(),
+        "-c".to_string(),
+        script.to_string(),
+        arg0.display().to_string(),
+    ])
 }
 
 /// A notify command that appends one line per switch to `log`: every
 /// `FAILOVERD_*` variable of its environment as `KEY=VALUE`, sorted.
-fn notify_to_log(log: &Path) -> String {
+fn notify_to_log(log: &Path) -> Value {
     notify_sh(
         "line=$(env | grep '^FAILOVERD_' | sort | tr '\\n' ' '); echo \"$line\" >> \"$0\"",
         log,
@@ -48,28 +63,24 @@ fn notify_to_log(log: &Path) -> String {
 
 /// Wait until `log` holds `n` lines; parse them into `KEY -> VALUE` maps.
 async fn notify_lines(log: &Path, n: usize) -> Vec<BTreeMap<String, String>> {
-    let start = Instant::now();
-    loop {
+    let what = format!("{n} lines in the notify log");
+    let text = eventually(SWITCH_LIMIT, &what, || async {
         let text = std::fs::read_to_string(log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        if lines.len() >= n {
-            return lines
-                .iter()
-                .map(|line| {
-                    line.split_whitespace()
-                        .filter_map(|kv| kv.split_once('='))
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect()
-                })
-                .collect();
+        if text.lines().count() >= n {
+            Ok(text)
+        } else {
+            Err(text)
         }
-        assert!(
-            start.elapsed() < SWITCH_LIMIT,
-            "notify log has {} lines, wanted {n}: {text:?}",
-            lines.len()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    })
+    .await;
+    text.lines()
+        .map(|line| {
+            line.split_whitespace()
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        })
+        .collect()
 }
 
 /// The notify environment of one switch, for comparison.
@@ -98,16 +109,11 @@ struct LiveConn {
 
 impl LiveConn {
     async fn open(addr: SocketAddr) -> LiveConn {
-        let stream = TcpStream::connect(addr).await.expect("connect proxy");
-        let mut reader = BufReader::new(stream);
-        let mut greeting = String::new();
-        reader.read_line(&mut greeting).await.expect("greeting");
-        let backend = greeting.trim_end().to_string();
+        let (mut stream, backend) = connect_greeted(addr).await;
         let roundtrips = Arc::new(AtomicUsize::new(0));
         let task = tokio::spawn({
             let roundtrips = Arc::clone(&roundtrips);
             async move {
-                let mut stream = reader.into_inner();
                 let mut round = 0u64;
                 loop {
                     let data = random_bytes(1024, round);
@@ -141,16 +147,17 @@ impl LiveConn {
     /// Wait until `more` roundtrips beyond the current count succeeded.
     async fn wait_roundtrips(&self, more: usize) {
         let want = self.roundtrips() + more;
-        let start = Instant::now();
-        while self.roundtrips() < want {
+        let what = format!("{want} roundtrips on the connection to {}", self.backend);
+        eventually(SWITCH_LIMIT, &what, || async {
             assert!(
                 !self.task.is_finished(),
                 "the connection to {} ended",
                 self.backend
             );
-            assert!(start.elapsed() < SWITCH_LIMIT, "the connection stalled");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+            let done = self.roundtrips();
+            if done >= want { Ok(()) } else { Err(done) }
+        })
+        .await;
     }
 
     /// Wait for the connection to be closed; returns how it ended.
@@ -169,11 +176,9 @@ async fn fails_over_without_a_failed_client_when_primary_refuses() {
         let mut primary = TestBackend::start("primary", Mode::Greet).await;
         let backup = TestBackend::start("backup", Mode::Greet).await;
         // Defaults: passive_errors = 3, check_interval = 500ms.
-        let proxy = TestProxy::start(&service_toml(
-            "",
-            &[("primary", primary.addr), ("backup", backup.addr)],
-        ))
-        .await;
+        let proxy =
+            TestProxy::start(&svc(&[("primary", primary.addr), ("backup", backup.addr)]).toml())
+                .await;
 
         // One connection every 10 ms for 2 s; the primary stops listening
         // after 300 ms, between two connections (a connection the kernel
@@ -236,103 +241,20 @@ async fn fails_over_without_a_failed_client_when_primary_refuses() {
     .await;
 }
 
-/// A `Greet` backend that can be turned into a black hole: it stops
-/// accepting, its accept queue shrinks to one and is filled, so the kernel
-/// drops new SYNs and connects time out.
-struct BlackHoleBackend {
-    addr: SocketAddr,
-    listener: Arc<TcpListener>,
-    task: Option<JoinHandle<()>>,
-    /// Connections that filled the accept queue, kept open.
-    fillers: Vec<TcpStream>,
-}
-
-impl BlackHoleBackend {
-    async fn start(name: &'static str) -> BlackHoleBackend {
-        let socket = socket2::Socket::new(
-            socket2::Domain::IPV4,
-            socket2::Type::STREAM,
-            Some(socket2::Protocol::TCP),
-        )
-        .expect("socket");
-        socket
-            .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
-            .expect("bind");
-        socket.listen(128).expect("listen");
-        socket.set_nonblocking(true).expect("nonblocking");
-        let listener = Arc::new(TcpListener::from_std(socket.into()).expect("tokio listener"));
-        let addr = listener.local_addr().expect("addr");
-        let task = tokio::spawn({
-            let listener = Arc::clone(&listener);
-            async move {
-                loop {
-                    let Ok((mut stream, _)) = listener.accept().await else {
-                        continue;
-                    };
-                    tokio::spawn(async move {
-                        if stream
-                            .write_all(format!("{name}\n").as_bytes())
-                            .await
-                            .is_ok()
-                        {
-                            let mut buf = [0u8; 1024];
-                            while let Ok(n) = stream.read(&mut buf).await {
-                                if n == 0 || stream.write_all(&buf[..n]).await.is_err() {
-                                    break;
-                                }
-                            }
-                        }
-                    });
-                }
-            }
-        });
-        BlackHoleBackend {
-            addr,
-            listener,
-            task: Some(task),
-            fillers: Vec::new(),
-        }
-    }
-
-    /// Stop accepting (the socket stays open) and fill the accept queue
-    /// until a connect times out.
-    async fn black_hole(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-            let _ = task.await;
-        }
-        // Listening again changes the backlog: 0 leaves room for a single
-        // queued connection.
-        socket2::SockRef::from(&*self.listener)
-            .listen(0)
-            .expect("shrink backlog");
-        for _ in 0..16 {
-            match tokio::time::timeout(Duration::from_millis(100), TcpStream::connect(self.addr))
-                .await
-            {
-                Ok(Ok(stream)) => self.fillers.push(stream),
-                Ok(Err(err)) => panic!("black hole refused a connect: {err}"),
-                Err(_) => {
-                    // The listener is alive but connects hang.
-                    assert!(self.listener.local_addr().is_ok());
-                    return;
-                }
-            }
-        }
-        panic!("the accept queue of {} never filled", self.addr);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fails_over_within_fall_checks_when_primary_connects_time_out() {
     init_logging();
     within(20, async {
-        let mut primary = BlackHoleBackend::start("primary").await;
+        let mut primary = TestBackend::start("primary", Mode::Greet).await;
         let backup = TestBackend::start("backup", Mode::Greet).await;
-        let proxy = TestProxy::start(&service_toml(
-            "check_interval = \"200ms\"\ncheck_timeout = \"200ms\"\nfall = 3\nconnect_timeout = \"300ms\"",
-            &[("primary", primary.addr), ("backup", backup.addr)],
-        ))
+        let proxy = TestProxy::start(
+            &svc(&[("primary", primary.addr), ("backup", backup.addr)])
+                .set("check_interval", "200ms")
+                .set("check_timeout", "200ms")
+                .set("fall", 3)
+                .set("connect_timeout", "300ms")
+                .toml(),
+        )
         .await;
         assert_eq!(who_answers(proxy.addr).await.expect("answer"), "primary");
         assert_eq!(proxy.active().await.as_deref(), Some("primary"));
@@ -343,7 +265,10 @@ async fn fails_over_within_fall_checks_when_primary_connects_time_out() {
         let bound = Duration::from_millis(3 * 200 + 200 + 1000);
         proxy.wait_active(Some("backup"), bound).await;
         let detected = holed.elapsed();
-        assert!(detected <= bound, "switch took {detected:?}, bound {bound:?}");
+        assert!(
+            detected <= bound,
+            "switch took {detected:?}, bound {bound:?}"
+        );
         assert_eq!(who_answers(proxy.addr).await.expect("answer"), "backup");
         let status = proxy.proxy.status().await;
         assert_eq!(status.services[0].backends[0].state, "down");
@@ -360,25 +285,27 @@ async fn fails_over_within_fall_checks_when_primary_connects_time_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn black_holed_primary_at_defaults_moves_traffic_within_two_seconds() {
     within(20, async {
-        let mut primary = BlackHoleBackend::start("primary").await;
+        let mut primary = TestBackend::start("primary", Mode::Greet).await;
         let backup = TestBackend::start("backup", Mode::Greet).await;
-        let proxy = TestProxy::start(&service_toml(
-            "",
-            &[("primary", primary.addr), ("backup", backup.addr)],
-        ))
-        .await;
+        let proxy =
+            TestProxy::start(&svc(&[("primary", primary.addr), ("backup", backup.addr)]).toml())
+                .await;
         assert_eq!(who_answers(proxy.addr).await.expect("answer"), "primary");
         primary.black_hole().await;
         let holed = Instant::now();
         let watcher = tokio::spawn({
             let proxy = Arc::clone(&proxy.proxy);
             async move {
-                loop {
-                    if proxy.status().await.services[0].active.as_deref() == Some("backup") {
-                        return holed.elapsed();
+                eventually(Duration::from_secs(15), "the pointer on backup", || async {
+                    let active = proxy.status().await.services[0].active.clone();
+                    if active.as_deref() == Some("backup") {
+                        Ok(())
+                    } else {
+                        Err(active)
                     }
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
+                })
+                .await;
+                holed.elapsed()
             }
         });
         let mut clients = tokio::task::JoinSet::new();
@@ -428,10 +355,13 @@ async fn fails_over_when_primary_accepts_but_never_answers_the_check() {
     within(20, async {
         let primary = TestBackend::start("primary", Mode::Hang).await;
         let backup = TestBackend::start("backup", Mode::PingPong).await;
-        let proxy = TestProxy::start(&service_toml(
-            &format!("{FAST_CHECKS}\ncheck_send = \"PING\\r\\n\"\ncheck_expect = \"PONG\""),
-            &[("primary", primary.addr), ("backup", backup.addr)],
-        ))
+        let proxy = TestProxy::start(
+            &svc(&[("primary", primary.addr), ("backup", backup.addr)])
+                .merge(&fast_checks())
+                .set("check_send", "PING\r\n")
+                .set("check_expect", "PONG")
+                .toml(),
+        )
         .await;
         let took = proxy.wait_active(Some("backup"), SWITCH_LIMIT).await;
         assert_eq!(
@@ -461,12 +391,11 @@ async fn fails_over_when_primary_accepts_but_never_answers_the_check() {
 async fn fails_back_automatically_after_rise_and_failback_delay() {
     init_logging();
     within(20, async {
-        let mut primary = TestBackend::start("primary", Mode::Greet).await;
-        let backup = TestBackend::start("backup", Mode::Greet).await;
-        let proxy = TestProxy::start(&service_toml(
-            &format!("{FAST_CHECKS}\nfailback = \"auto\"\nfailback_delay = \"1s\""),
-            &[("primary", primary.addr), ("backup", backup.addr)],
-        ))
+        let (mut primary, _backup, proxy) = greet_pair(
+            Table::new()
+                .set("failback", "auto")
+                .set("failback_delay", "1s"),
+        )
         .await;
         primary.stop_listening().await;
         primary.stop();
@@ -502,13 +431,8 @@ async fn fails_back_automatically_after_rise_and_failback_delay() {
 async fn manual_failback_stays_on_backup_until_the_backup_fails() {
     init_logging();
     within(20, async {
-        let mut primary = TestBackend::start("primary", Mode::Greet).await;
-        let mut backup = TestBackend::start("backup", Mode::Greet).await;
-        let proxy = TestProxy::start(&service_toml(
-            &format!("{FAST_CHECKS}\nfailback = \"manual\""),
-            &[("primary", primary.addr), ("backup", backup.addr)],
-        ))
-        .await;
+        let (mut primary, mut backup, proxy) =
+            greet_pair(Table::new().set("failback", "manual")).await;
         primary.stop_listening().await;
         primary.stop();
         proxy.wait_active(Some("backup"), SWITCH_LIMIT).await;
@@ -539,14 +463,15 @@ async fn second_backup_serves_when_primary_and_first_backup_are_down() {
         let mut primary = TestBackend::start("primary", Mode::Greet).await;
         let mut backup = TestBackend::start("backup", Mode::Greet).await;
         let backup2 = TestBackend::start("backup2", Mode::Greet).await;
-        let proxy = TestProxy::start(&service_toml(
-            FAST_CHECKS,
-            &[
+        let proxy = TestProxy::start(
+            &svc(&[
                 ("primary", primary.addr),
                 ("backup", backup.addr),
                 ("backup2", backup2.addr),
-            ],
-        ))
+            ])
+            .merge(&fast_checks())
+            .toml(),
+        )
         .await;
         assert_eq!(who_answers(proxy.addr).await.expect("answer"), "primary");
         primary.stop_listening().await;
@@ -572,13 +497,8 @@ async fn second_backup_serves_when_primary_and_first_backup_are_down() {
 async fn on_switch_close_closes_connections_on_failover_and_failback() {
     init_logging();
     within(20, async {
-        let mut primary = TestBackend::start("primary", Mode::Greet).await;
-        let backup = TestBackend::start("backup", Mode::Greet).await;
-        let proxy = TestProxy::start(&service_toml(
-            &format!("{FAST_CHECKS}\non_switch = \"close\""),
-            &[("primary", primary.addr), ("backup", backup.addr)],
-        ))
-        .await;
+        let (mut primary, _backup, proxy) =
+            greet_pair(Table::new().set("on_switch", "close")).await;
         let on_primary = LiveConn::open(proxy.addr).await;
         assert_eq!(on_primary.backend, "primary");
 
@@ -605,13 +525,7 @@ async fn on_switch_close_closes_connections_on_failover_and_failback() {
 async fn on_switch_close_closes_connections_when_the_active_backend_is_disabled() {
     init_logging();
     within(20, async {
-        let primary = TestBackend::start("primary", Mode::Greet).await;
-        let backup = TestBackend::start("backup", Mode::Greet).await;
-        let proxy = TestProxy::start(&service_toml(
-            &format!("{FAST_CHECKS}\non_switch = \"close\""),
-            &[("primary", primary.addr), ("backup", backup.addr)],
-        ))
-        .await;
+        let (_primary, _backup, proxy) = greet_pair(Table::new().set("on_switch", "close")).await;
         let on_primary = LiveConn::open(proxy.addr).await;
         assert_eq!(on_primary.backend, "primary");
         proxy
@@ -630,13 +544,7 @@ async fn on_switch_close_closes_connections_when_the_active_backend_is_disabled(
 async fn on_switch_keep_lets_connections_run_across_the_switch() {
     init_logging();
     within(20, async {
-        let mut primary = TestBackend::start("primary", Mode::Greet).await;
-        let backup = TestBackend::start("backup", Mode::Greet).await;
-        let proxy = TestProxy::start(&service_toml(
-            &format!("{FAST_CHECKS}\non_switch = \"keep\""),
-            &[("primary", primary.addr), ("backup", backup.addr)],
-        ))
-        .await;
+        let (mut primary, _backup, proxy) = greet_pair(Table::new().set("on_switch", "keep")).await;
         let on_primary = LiveConn::open(proxy.addr).await;
         assert_eq!(on_primary.backend, "primary");
 
@@ -665,13 +573,8 @@ async fn notify_gets_service_from_to_and_reason_of_each_switch() {
     within(20, async {
         let dir = TempDir::new("notify");
         let log = dir.path("switches.log");
-        let primary = TestBackend::start("primary", Mode::Greet).await;
-        let backup = TestBackend::start("backup", Mode::Greet).await;
-        let proxy = TestProxy::start(&service_toml(
-            &format!("{FAST_CHECKS}\n{}", notify_to_log(&log)),
-            &[("primary", primary.addr), ("backup", backup.addr)],
-        ))
-        .await;
+        let (_primary, _backup, proxy) =
+            greet_pair(Table::new().set("notify", notify_to_log(&log))).await;
         let p = &proxy.proxy;
 
         p.set_enabled("svc", "primary", false)
@@ -710,17 +613,12 @@ async fn slow_notify_does_not_delay_the_next_switch() {
     within(20, async {
         let dir = TempDir::new("slow-notify");
         let started = dir.path("started");
-        let primary = TestBackend::start("primary", Mode::Greet).await;
-        let backup = TestBackend::start("backup", Mode::Greet).await;
-        let proxy = TestProxy::start(&service_toml(
-            &format!(
-                "{FAST_CHECKS}\n{}",
-                notify_sh(
-                    "echo \"$FAILOVERD_REASON\" >> \"$0\"; exec sleep 30",
-                    &started
-                )
+        let (_primary, _backup, proxy) = greet_pair(Table::new().set(
+            "notify",
+            notify_sh(
+                "echo \"$FAILOVERD_REASON\" >> \"$0\"; exec sleep 30",
+                &started,
             ),
-            &[("primary", primary.addr), ("backup", backup.addr)],
         ))
         .await;
         let p = &proxy.proxy;
@@ -730,16 +628,15 @@ async fn slow_notify_does_not_delay_the_next_switch() {
             .expect("disable");
         proxy.wait_active(Some("backup"), SWITCH_LIMIT).await;
         // The first notify is running (and sleeping).
-        let start = Instant::now();
-        while std::fs::read_to_string(&started)
-            .unwrap_or_default()
-            .lines()
-            .count()
-            < 1
-        {
-            assert!(start.elapsed() < SWITCH_LIMIT, "notify never ran");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        eventually(SWITCH_LIMIT, "the first notify running", || async {
+            let text = std::fs::read_to_string(&started).unwrap_or_default();
+            if text.lines().count() >= 1 {
+                Ok(())
+            } else {
+                Err(text)
+            }
+        })
+        .await;
 
         let enabled = Instant::now();
         p.set_enabled("svc", "primary", true).await.expect("enable");
@@ -764,13 +661,14 @@ async fn refused_connects_on_live_traffic_switch_with_reason_passive() {
         let backup = TestBackend::start("backup", Mode::Greet).await;
         // Checks run at start-up and then once an hour: only live traffic
         // can notice the primary is gone.
-        let proxy = TestProxy::start(&service_toml(
-            &format!(
-                "check_interval = \"1h\"\ncheck_timeout = \"1s\"\npassive_errors = 3\n{}",
-                notify_to_log(&log)
-            ),
-            &[("primary", primary.addr), ("backup", backup.addr)],
-        ))
+        let proxy = TestProxy::start(
+            &svc(&[("primary", primary.addr), ("backup", backup.addr)])
+                .set("check_interval", "1h")
+                .set("check_timeout", "1s")
+                .set("passive_errors", 3)
+                .set("notify", notify_to_log(&log))
+                .toml(),
+        )
         .await;
         assert_eq!(who_answers(proxy.addr).await.expect("answer"), "primary");
         primary.stop_listening().await;

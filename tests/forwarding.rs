@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -27,45 +26,22 @@ async fn hashing_backend(
             w.write_all(&reply).await.expect("backend write");
             w.shutdown().await.expect("backend shutdown");
         });
-        let hash = hash_to_eof(r).await;
+        let (hash, _) = read_hashed(r).await;
         sender.await.expect("sender");
         hash
     });
     (addr, task)
 }
 
-/// Accept until a connection that sends data: health checks connect and
-/// close without a byte, and are skipped.
-async fn accept_with_data(listener: &TcpListener) -> TcpStream {
-    loop {
-        let (stream, _) = listener.accept().await.expect("accept");
-        let mut byte = [0u8; 1];
-        if stream.peek(&mut byte).await.unwrap_or(0) > 0 {
-            return stream;
-        }
-    }
-}
-
-async fn hash_to_eof(mut r: impl AsyncReadExt + Unpin) -> [u8; 32] {
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = r.read(&mut buf).await.expect("read");
-        if n == 0 {
-            return hasher.finalize().into();
-        }
-        hasher.update(&buf[..n]);
-    }
-}
-
 async fn bulk_both_ways(zero_copy: bool) {
     let up = Arc::new(random_bytes(BULK_BYTES, 1));
     let down = Arc::new(random_bytes(BULK_BYTES, 2));
     let (backend, received) = hashing_backend(Arc::clone(&down)).await;
-    let proxy = TestProxy::start(&service_toml(
-        &format!("zero_copy = {zero_copy}"),
-        &[("primary", backend)],
-    ))
+    let proxy = TestProxy::start(
+        &svc(&[("primary", backend)])
+            .set("zero_copy", zero_copy)
+            .toml(),
+    )
     .await;
     let splices_before = failoverd::forward::splice::splice_calls();
     let stream = TcpStream::connect(proxy.addr).await.expect("connect");
@@ -77,7 +53,7 @@ async fn bulk_both_ways(zero_copy: bool) {
             w.shutdown().await.expect("client shutdown");
         }
     });
-    let client_got = hash_to_eof(r).await;
+    let (client_got, _) = read_hashed(r).await;
     sender.await.expect("sender");
     assert_eq!(
         received.await.expect("backend"),
@@ -120,7 +96,7 @@ async fn passes_half_close_on_and_delivers_the_answer() {
             s.shutdown().await.unwrap();
             answer
         });
-        let proxy = TestProxy::start(&service_toml("", &[("primary", backend)])).await;
+        let proxy = TestProxy::start(&svc(&[("primary", backend)]).toml()).await;
         let mut client = TcpStream::connect(proxy.addr).await.unwrap();
         client.write_all(b"hello through failoverd").await.unwrap();
         client.shutdown().await.unwrap();
@@ -139,10 +115,11 @@ async fn serves_500_concurrent_connections_intact() {
         let backend = TestBackend::start("primary", Mode::Echo).await;
         // The test's own clients and backend share the proxy's runtime, so
         // give connects more time than the default under this burst.
-        let proxy = TestProxy::start(&service_toml(
-            "connect_timeout = \"10s\"",
-            &[("primary", backend.addr)],
-        ))
+        let proxy = TestProxy::start(
+            &svc(&[("primary", backend.addr)])
+                .set("connect_timeout", "10s")
+                .toml(),
+        )
         .await;
         // Generate the payloads before the burst so no task hogs a worker.
         let payloads: Vec<(Arc<Vec<u8>>, [u8; 32])> = (0..500u64)
@@ -175,10 +152,13 @@ async fn retries_the_next_backend_within_the_same_client_connection() {
         let dead = closed_port().await;
         let backup = TestBackend::start("backup", Mode::Greet).await;
         // Long check interval: only the data path's retry can save the client.
-        let proxy = TestProxy::start(&service_toml(
-            "check_interval = \"1h\"\ncheck_timeout = \"1s\"\npassive_errors = 0",
-            &[("primary", dead), ("backup", backup.addr)],
-        ))
+        let proxy = TestProxy::start(
+            &svc(&[("primary", dead), ("backup", backup.addr)])
+                .set("check_interval", "1h")
+                .set("check_timeout", "1s")
+                .set("passive_errors", 0)
+                .toml(),
+        )
         .await;
         // Let the first check round finish, whatever it says.
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -193,10 +173,12 @@ async fn retries_the_next_backend_within_the_same_client_connection() {
 async fn closes_the_client_when_every_backend_refuses_and_lives_on() {
     within(20, async {
         let (a, b) = (closed_port().await, closed_port().await);
-        let proxy = TestProxy::start(&service_toml(
-            "check_interval = \"1h\"\ncheck_timeout = \"1s\"",
-            &[("primary", a), ("backup", b)],
-        ))
+        let proxy = TestProxy::start(
+            &svc(&[("primary", a), ("backup", b)])
+                .set("check_interval", "1h")
+                .set("check_timeout", "1s")
+                .toml(),
+        )
         .await;
         for _ in 0..3 {
             let mut client = TcpStream::connect(proxy.addr).await.expect("accepted");
@@ -207,11 +189,8 @@ async fn closes_the_client_when_every_backend_refuses_and_lives_on() {
         // The proxy still serves once a backend is back.
         let mut backup = TestBackend::start("backup", Mode::Greet).await;
         let _ = &mut backup;
-        let proxy2 = TestProxy::start(&service_toml(
-            "",
-            &[("primary", a), ("backup", backup.addr)],
-        ))
-        .await;
+        let proxy2 =
+            TestProxy::start(&svc(&[("primary", a), ("backup", backup.addr)]).toml()).await;
         assert_eq!(who_answers(proxy2.addr).await.unwrap(), "backup");
         // And the first proxy accepts connections still.
         assert!(TcpStream::connect(proxy.addr).await.is_ok());
@@ -223,10 +202,11 @@ async fn closes_the_client_when_every_backend_refuses_and_lives_on() {
 async fn idle_timeout_closes_an_idle_connection() {
     within(20, async {
         let backend = TestBackend::start("primary", Mode::Echo).await;
-        let proxy = TestProxy::start(&service_toml(
-            "idle_timeout = \"300ms\"",
-            &[("primary", backend.addr)],
-        ))
+        let proxy = TestProxy::start(
+            &svc(&[("primary", backend.addr)])
+                .set("idle_timeout", "300ms")
+                .toml(),
+        )
         .await;
         let mut client = TcpStream::connect(proxy.addr).await.unwrap();
         // Traffic keeps it open past the timeout...
@@ -254,10 +234,11 @@ async fn idle_timeout_closes_an_idle_connection() {
 async fn max_connections_holds_a_third_client_until_a_slot_frees() {
     within(20, async {
         let backend = TestBackend::start("primary", Mode::Echo).await;
-        let proxy = TestProxy::start(&service_toml(
-            "max_connections = 2",
-            &[("primary", backend.addr)],
-        ))
+        let proxy = TestProxy::start(
+            &svc(&[("primary", backend.addr)])
+                .set("max_connections", 2)
+                .toml(),
+        )
         .await;
         let mut first = TcpStream::connect(proxy.addr).await.unwrap();
         let mut second = TcpStream::connect(proxy.addr).await.unwrap();
@@ -296,18 +277,14 @@ async fn max_connections_holds_a_third_client_until_a_slot_frees() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwards_over_ipv6() {
     within(20, async {
-        let listener = listen("[::1]:0".parse().unwrap()).expect("IPv6 loopback");
-        let backend = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            let stream = accept_with_data(&listener).await;
-            let (mut r, mut w) = stream.into_split();
-            let _ = tokio::io::copy(&mut r, &mut w).await;
-            let _ = w.shutdown().await;
-        });
-        let proxy = TestProxy::start(&format!(
-            "[[service]]\nname = \"v6\"\nlisten = \"[::1]:0\"\n{}",
-            backends_toml(&[("primary", backend)])
-        ))
+        let backend =
+            TestBackend::start_on("primary", Mode::Echo, "[::1]:0".parse().unwrap()).await;
+        let proxy = TestProxy::start(
+            &Service::new("v6")
+                .listen("[::1]:0")
+                .backend("primary", backend.addr)
+                .toml(),
+        )
         .await;
         assert!(proxy.addr.is_ipv6());
         let data = Arc::new(random_bytes(1024 * 1024, 6));
