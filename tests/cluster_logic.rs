@@ -3,8 +3,8 @@
 //! (the test plays the health checks) and a follower that applies every
 //! agreed state and acknowledges it, as the engine will.
 
-#[path = "common/etcd.rs"]
-mod etcd_harness;
+mod common;
+use common::etcd as etcd_harness;
 
 use std::collections::BTreeMap;
 use std::future::Future;

@@ -1,8 +1,8 @@
 //! DNS failover against a real BIND 9: records written by failoverd's
 //! signed RFC 2136 updates and read back with `dig`.
 
-#[path = "common/bind.rs"]
-mod bind;
+mod common;
+use common::bind;
 
 use std::future::Future;
 use std::net::IpAddr;

@@ -2,8 +2,8 @@
 //! transaction, conditioned writes, watches, and failover when a member or
 //! the leader dies.
 
-#[path = "common/etcd.rs"]
-mod etcd_harness;
+mod common;
+use common::etcd as etcd_harness;
 
 use std::future::Future;
 use std::net::TcpListener as StdListener;

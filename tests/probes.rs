@@ -5,12 +5,9 @@
 //! real server never does (replies split byte by byte, oversize or foreign
 //! replies). Every check is bounded by [`CHECK_LIMIT`].
 
-#[path = "common/postgres.rs"]
-mod postgres_harness;
-#[path = "common/redis.rs"]
-mod redis_harness;
-#[path = "common/server.rs"]
-mod server;
+mod common;
+use common::postgres as postgres_harness;
+use common::redis as redis_harness;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

@@ -13,11 +13,16 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod backend;
+pub mod bind;
 pub mod config;
+pub mod etcd;
 pub mod net;
+pub mod postgres;
 pub mod process;
 pub mod prom;
 pub mod proxy;
+pub mod redis;
+pub mod server;
 pub mod tempdir;
 pub mod wait;
 
