@@ -299,18 +299,24 @@ struct LogBuffer {
 }
 
 impl LogBuffer {
+    /// Read until EOF (a line that is not UTF-8 is kept, lossily: the
+    /// pipe must never stop being read, or the child blocks on it).
     fn fill_from(&self, pipe: impl std::io::Read) {
-        for line in BufReader::new(pipe).lines() {
-            let Ok(line) = line else { break };
-            let mut text = self.text.lock().expect("log lock");
-            text.push_str(&line);
-            text.push('\n');
+        let mut reader = BufReader::new(pipe);
+        let mut line = Vec::new();
+        while reader.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
+            let mut text = self.text.lock().unwrap_or_else(|e| e.into_inner());
+            text.push_str(&String::from_utf8_lossy(&line));
+            if !line.ends_with(b"\n") {
+                text.push('\n');
+            }
+            line.clear();
         }
         self.done.store(true, Ordering::Release);
     }
 
     fn text(&self) -> String {
-        self.text.lock().expect("log lock").clone()
+        self.text.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
@@ -430,7 +436,8 @@ impl Failoverd {
         &self.layout
     }
 
-    /// The first service's listen address as the layout picked it.
+    /// The listen address the layout picked (the one `Layout::service`
+    /// listens on).
     pub fn listen(&self) -> SocketAddr {
         self.layout.listen
     }
