@@ -312,11 +312,40 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// The largest config file failoverd reads.
+pub const CONFIG_MAX_BYTES: u64 = 16 << 20;
+
+/// The largest password or key file a config may name.
+pub const SECRET_FILE_MAX_BYTES: u64 = 64 << 10;
+
 /// Read and validate the file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path)
+    let text = read_small_file(path, CONFIG_MAX_BYTES)
         .map_err(|e| config_error(path, format!("cannot read config: {e}")))?;
     parse(&text, path)
+}
+
+/// Read a regular text file of at most `limit` bytes. A device, a FIFO or
+/// a huge file is refused instead of read forever (`/dev/zero` never ends).
+pub(crate) fn read_small_file(path: &Path, limit: u64) -> std::io::Result<String> {
+    use std::io::{Error, ErrorKind, Read};
+    let file = std::fs::File::open(path)?;
+    let meta = file.metadata()?;
+    if meta.is_dir() {
+        return Err(Error::new(ErrorKind::IsADirectory, "is a directory"));
+    }
+    if !meta.is_file() {
+        return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
+    }
+    if meta.len() > limit {
+        return Err(Error::new(
+            ErrorKind::InvalidData,
+            format!("larger than {limit} bytes"),
+        ));
+    }
+    let mut text = String::new();
+    file.take(limit).read_to_string(&mut text)?;
+    Ok(text)
 }
 
 /// Parse and validate `text` as if read from `path`. Relative file names

@@ -802,6 +802,12 @@ fn check_kinds_and_their_keys_are_validated() {
     for (text, want) in cases {
         assert_contains(&err(&text), &[want]);
     }
+    for device in ["/dev/zero", "/dev/null"] {
+        let text = service(&format!(
+            "check = \"redis\"\ncheck_password_file = \"{device}\""
+        ));
+        assert_contains(&err(&text), &["check_password_file", "not a regular file"]);
+    }
     let pw = TempFile::new("pw", "s3cret\nignored second line\n");
     let c = ok(&service(&format!(
         "check = \"postgres\"\ncheck_port = 8008\ncheck_password_file = \"{}\"\ncheck_database = \"app\"",

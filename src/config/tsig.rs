@@ -106,13 +106,13 @@ impl fmt::Debug for TsigKey {
 /// output). Errors: "cannot read: ...", "no key statement ...", "key
 /// \"k\": no secret", "unsupported algorithm \"hmac-md5\" (use ...)".
 pub fn load_key_file(path: &Path) -> Result<TsigKey, String> {
-    let text = std::fs::read_to_string(path).map_err(|err| {
+    let text = super::read_small_file(path, super::SECRET_FILE_MAX_BYTES).map_err(|err| {
         let reason = match err.kind() {
             std::io::ErrorKind::NotFound => "no such file".to_string(),
             std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
             std::io::ErrorKind::InvalidData => "not a text file".to_string(),
             std::io::ErrorKind::IsADirectory => "is a directory".to_string(),
-            _ => err.to_string().to_lowercase(),
+            _ => err.to_string(),
         };
         format!("cannot read: {reason}")
     })?;

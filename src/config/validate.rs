@@ -518,7 +518,8 @@ fn apply_settings(s: &mut Settings, raw: &RawSettings, prefix: &str) -> Result<(
 
 /// The first line of a password file, without its line ending.
 fn read_password(path: &Path) -> Result<Secret, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read: {e}"))?;
+    let text = super::read_small_file(path, super::SECRET_FILE_MAX_BYTES)
+        .map_err(|e| format!("cannot read: {e}"))?;
     let line = text.lines().next().unwrap_or("");
     Ok(Secret::new(line.trim_end_matches('\r').to_string()))
 }
