@@ -9,29 +9,29 @@
 //! bottom to top and no two modules import each other.
 //!
 //! ```text
-//! layer 0  conncap     a cap on admin connections (the oldest is evicted)
-//! layer 1  config/     model, raw serde, validate, durations, addresses, TSIG keys, summary
-//!          metrics     every metric name as a const, the recorder, /metrics
-//!          ratelimit   one log line a second for error floods
-//! layer 2  policy      pure: rise/fall hysteresis and the decision, `now` passed in
-//!          net         socket helpers: bind, resolve, connect, options, error classes
-//!          accept      a listener's readiness and non-blocking accept (its one unsafe)
-//!          forward/    splice (the only unsafe for the data path), copy, forward()
-//!          notify      the switch hook command
+//! layer 1  config/      model, raw serde, validate, durations, addresses, allow-list, TSIG keys, summary
+//!          metrics      every metric name as a const, the recorder, /metrics
+//!          ratelimit    one log line a second for error floods
+//!          conncap      a cap on admin connections (the oldest is evicted)
+//! layer 2  policy       pure: rise/fall hysteresis and the decision, `now` passed in
+//!          net          socket helpers: bind, probe, resolve, connect, options, error classes
+//!          accept       a listener's readiness and non-blocking accept (its one unsafe)
+//!          limit        max_connections: open connections against a resizable maximum
+//!          forward/     splice (the only unsafe for the data path), copy, forward()
+//!          notify       the switch hook command
 //!          proxy_header PROXY protocol v1/v2: encode, and read exactly the header
-//!          fdpass      listening sockets over a Unix socket (SCM_RIGHTS), for takeover
-//!          limit       max_connections: open connections against a resizable maximum
-//! layer 3  service     Backend, Snapshot, Service (the ArcSwap), the limit, engine events
-//! layer 4  health/     the check loop and one probe per check kind
-//!          conn        one client connection: choose, connect (retry the next), forward
-//! layer 5  engine      per-service failover engine, the only writer of a snapshot
-//!          listener    accept loops, max_connections
-//!          cluster/    etcd v3 over its JSON gateway; the member and the decider
-//!          dns/        the RFC 2136 publisher (updates signed with TSIG)
-//! layer 6  proxy       the running whole: start, reload, status, shutdown
-//!          workers     one single-threaded runtime per core for the data path
-//! layer 7  control     signals, control socket, ctl client
-//!          demo/       `failoverd demo`
+//!          fdpass       listening sockets over a Unix socket (SCM_RIGHTS), for takeover
+//!          dns/         the RFC 2136 publisher (updates signed with TSIG)
+//! layer 3  service      Backend, Snapshot, Service (the ArcSwap), hold, engine events
+//! layer 4  health/      the check loop and one probe per check kind (tcp, http, redis, postgres)
+//!          conn         one client connection: choose, connect (retry the next), hold, forward
+//! layer 5  engine       per-service failover engine, the only writer of a snapshot
+//!          listener     accept loops
+//!          cluster/     etcd v3 over its JSON gateway; the member and the decider
+//! layer 6  proxy        the running whole: start, reload, takeover, status, shutdown
+//!          workers      one single-threaded runtime per core for the data path
+//! layer 7  control      signals, control socket, ctl client
+//!          demo/        `failoverd demo`
 //! ```
 //!
 //! Modules are private unless the binary, the integration tests or the
