@@ -4,15 +4,14 @@
 //! active backend; health checks and failed connects on live traffic move
 //! the active pointer between the primary and its ordered backups.
 //!
-//! The crate is layered: a module imports only modules of a lower layer
-//! (never one of its own layer above it, never one above), so it reads
-//! bottom to top and no two modules import each other.
+//! The crate is layered: a module imports only modules of a lower layer,
+//! so it reads bottom to top and no two modules import each other.
 //!
 //! ```text
+//! layer 0  conncap      a cap on admin connections (the oldest is evicted)
 //! layer 1  config/      model, raw serde, validate, durations, addresses, allow-list, TSIG keys, summary
 //!          metrics      every metric name as a const, the recorder, /metrics
 //!          ratelimit    one log line a second for error floods
-//!          conncap      a cap on admin connections (the oldest is evicted)
 //! layer 2  policy       pure: rise/fall hysteresis and the decision, `now` passed in
 //!          net          socket helpers: bind, probe, resolve, connect, options, error classes
 //!          accept       a listener's readiness and non-blocking accept (its one unsafe)
