@@ -297,6 +297,36 @@ zone "{zone}" {{
 
     /// `dig` one RRset: (TTL, RDATA) per record of the answer section.
     pub async fn dig(&self, name: &str, rtype: &str) -> Result<Vec<(u32, String)>, String> {
+        let records = self.query(name, rtype).await?;
+        Ok(records
+            .into_iter()
+            .filter(|(kind, _, _)| kind.eq_ignore_ascii_case(rtype))
+            .map(|(_, ttl, rdata)| (ttl, rdata))
+            .collect())
+    }
+
+    /// Every A and AAAA record of `name` from one `ANY` query, so the
+    /// answer is one state of the zone (two queries can straddle an
+    /// update): (type, TTL, address), sorted. An error when `dig` got no
+    /// answer (a loaded machine), for a poll to try again.
+    pub async fn addresses(&self, name: &str) -> Result<Vec<(String, u32, IpAddr)>, String> {
+        let records = self.query(name, "ANY").await?;
+        let mut found: Vec<(String, u32, IpAddr)> = records
+            .into_iter()
+            .filter(|(kind, _, _)| kind == "A" || kind == "AAAA")
+            .map(|(kind, ttl, rdata)| {
+                let address = rdata
+                    .parse()
+                    .unwrap_or_else(|_| panic!("not an address: {rdata}"));
+                (kind, ttl, address)
+            })
+            .collect();
+        found.sort();
+        Ok(found)
+    }
+
+    /// `dig` one query: (TYPE, TTL, RDATA) per record of the answer section.
+    async fn query(&self, name: &str, rtype: &str) -> Result<Vec<(String, u32, String)>, String> {
         let out = tokio::process::Command::new(&self.dig)
             .arg(format!("@{}", Ipv4Addr::LOCALHOST))
             .args(["-p", &self.port.to_string()])
@@ -318,13 +348,13 @@ zone "{zone}" {{
             .filter(|l| !l.trim().is_empty() && !l.starts_with(';'))
         {
             let fields: Vec<&str> = line.split_whitespace().collect();
-            if fields.len() < 5 || !fields[3].eq_ignore_ascii_case(rtype) {
+            if fields.len() < 5 {
                 continue;
             }
             let ttl = fields[1]
                 .parse()
                 .map_err(|_| format!("dig line without a TTL: {line}"))?;
-            records.push((ttl, fields[4..].join(" ")));
+            records.push((fields[3].to_ascii_uppercase(), ttl, fields[4..].join(" ")));
         }
         Ok(records)
     }
