@@ -538,6 +538,58 @@ async fn a_wrong_tsig_secret_is_refused_counted_and_changes_nothing() {
     .await;
 }
 
+/// The README's BIND setup: `update-policy` grants the key its one name,
+/// A and AAAA only. failoverd's update (delete both RRsets, add one
+/// record) is within it; a service publishing another name with the same
+/// key is refused, and `dns.error` points at the policy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_update_policy_admits_the_one_record_and_refuses_others() {
+    within(60, async {
+        let named = Named::start_with("hmac-sha256", |key| {
+            format!(
+                "update-policy {{ grant {key} name {} A AAAA; }};",
+                record("db")
+            )
+        })
+        .await;
+        let primary = backend_on("primary", "127.0.0.11").await;
+        let failoverd = Failoverd::start("dns-policy", |layout| {
+            let granted = layout
+                .service()
+                .merge(&quick_checks())
+                .backend("primary", primary.addr)
+                .dns(dns(&named, "db", "30s"));
+            let other = Service::new("other")
+                .no_listen()
+                .merge(&quick_checks())
+                .backend("primary", primary.addr)
+                .dns(dns(&named, "other", "30s"));
+            layout.config(granted).service(other).to_string()
+        })
+        .await;
+        let seen = Seen::default();
+        wait_record(&named, &record("db"), ip("127.0.0.11"), LIMIT, &seen).await;
+        failoverd
+            .metrics_until(LIMIT, "the other name refused", |s| {
+                updates(s, "other", "error") >= 1.0
+            })
+            .await;
+        let status = failoverd.status_json().await;
+        let error = status["services"][1]["dns"]["error"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(
+            error.contains("REFUSED") && error.contains("update-policy"),
+            "dns.error of the refused name: {status}"
+        );
+        let (_, line) = records(&named, &record("other"))
+            .await
+            .expect("dig answers");
+        assert_eq!(line, "nothing");
+    })
+    .await;
+}
+
 // ---------------------------------------------------------------------------
 // IPv6, and a reload that moves the record.
 

@@ -125,6 +125,11 @@ pub struct Answer {
     pub addresses: Vec<IpAddr>,
 }
 
+/// The zone clause that lets `key` update every name of the zone.
+pub fn allow_update(key: &str) -> String {
+    format!("allow-update {{ key {key}; }};")
+}
+
 /// One `named` with its directory, key and port.
 pub struct Named {
     dir: TempDir,
@@ -142,9 +147,22 @@ impl Named {
     /// Start a server whose update key uses `algorithm` (`hmac-sha256` ...)
     /// and wait until it answers.
     pub async fn start(algorithm: &str) -> Named {
+        Named::start_with(algorithm, allow_update).await
+    }
+
+    /// Write the config on a fresh port, but do not start `named` yet
+    /// (for tests where the server comes up late; see [`run`](Self::run)).
+    /// The key may update the whole zone (`allow-update`).
+    pub fn prepare(algorithm: &str) -> Named {
+        Named::prepare_with(algorithm, allow_update)
+    }
+
+    /// Start a server whose zone says who may update what with the clause
+    /// `update(key_name)` returns (`update-policy { grant ... };`).
+    pub async fn start_with(algorithm: &str, update: impl Fn(&str) -> String) -> Named {
         let mut last = String::new();
         for _ in 0..START_TRIES {
-            let mut named = Named::prepare(algorithm);
+            let mut named = Named::prepare_with(algorithm, &update);
             match named.run().await {
                 Ok(()) => return named,
                 Err(err) => last = err,
@@ -153,9 +171,9 @@ impl Named {
         panic!("named did not start in {START_TRIES} tries: {last}");
     }
 
-    /// Write the config on a fresh port, but do not start `named` yet
-    /// (for tests where the server comes up late; see [`run`](Self::run)).
-    pub fn prepare(algorithm: &str) -> Named {
+    /// [`prepare`](Self::prepare) with the zone's update clause made by
+    /// `update` from the key name.
+    pub fn prepare_with(algorithm: &str, update: impl Fn(&str) -> String) -> Named {
         let named = binary("named", "bind9");
         let dig = binary("dig", "bind9-dnsutils");
         let dir = TempDir::new("named");
@@ -199,10 +217,11 @@ zone "{zone}" {{
     type primary;
     file "{d}/zone";
     journal "{d}/zone.jnl";
-    allow-update {{ key {key_name}; }};
+    {update}
 }};
 "#,
                 zone = ZONE.trim_end_matches('.'),
+                update = update(&key_name),
             ),
         )
         .expect("write named.conf");
