@@ -87,6 +87,25 @@ async fn backend_on(name: &str, host: &str) -> TestBackend {
     TestBackend::start_on(name, Mode::Greet, addr).await
 }
 
+/// failoverd with the layout's `[admin]` and `service` on the layout's
+/// listen address.
+async fn start(tag: &str, service: Service) -> Failoverd {
+    Failoverd::start(tag, |layout| {
+        layout
+            .config(service.clone().listen(layout.listen))
+            .to_string()
+    })
+    .await
+}
+
+/// A `[[service.backend]]` whose record address is `publish`.
+fn published_as(name: &str, address: SocketAddr, publish: &str) -> Table {
+    Table::new()
+        .set("name", name)
+        .set("address", address.to_string())
+        .set("publish", publish)
+}
+
 /// The record type of an address.
 fn rtype(address: IpAddr) -> &'static str {
     if address.is_ipv4() { "A" } else { "AAAA" }
@@ -197,18 +216,10 @@ async fn the_record_holds_the_primary_at_start_with_the_configured_ttl() {
         let backup = backend_on("backup", "127.0.0.12").await;
         let name = record("start");
         let before = unix_now();
-        let failoverd = Failoverd::start("dns-start", |layout| {
-            layout
-                .config(
-                    layout
-                        .service()
-                        .merge(&quick_checks())
-                        .backends(&[("primary", primary.addr), ("backup", backup.addr)])
-                        .dns(dns(&named, "start", "7s")),
-                )
-                .to_string()
-        })
-        .await;
+        let service = svc(&[("primary", primary.addr), ("backup", backup.addr)])
+            .merge(&quick_checks())
+            .dns(dns(&named, "start", "7s"));
+        let failoverd = start("dns-start", service).await;
         let seen = Seen::default();
         let (ttl, took) = wait_record(&named, &name, ip("127.0.0.11"), LIMIT, &seen).await;
         println!(
@@ -258,24 +269,11 @@ async fn a_dead_primary_moves_the_record_to_the_backup_and_back() {
         let backup = backend_on("backup", "127.0.0.12").await;
         let name = record("db");
         let ttl = "30s";
-        let failoverd = Failoverd::start("dns-failover", |layout| {
-            layout
-                .config(
-                    layout
-                        .service()
-                        .merge(&default_checks())
-                        .backend("primary", primary.addr)
-                        .backend_table(
-                            Table::new()
-                                .set("name", "backup")
-                                .set("address", backup.addr.to_string())
-                                .set("publish", "192.0.2.12"),
-                        )
-                        .dns(dns(&named, "db", ttl)),
-                )
-                .to_string()
-        })
-        .await;
+        let service = svc(&[("primary", primary.addr)])
+            .backend_table(published_as("backup", backup.addr, "192.0.2.12"))
+            .merge(&default_checks())
+            .dns(dns(&named, "db", ttl));
+        let failoverd = start("dns-failover", service).await;
         let seen = Seen::default();
         wait_record(&named, &name, ip("127.0.0.11"), LIMIT, &seen).await;
 
@@ -414,18 +412,10 @@ async fn a_server_that_starts_late_is_published_within_the_back_off() {
         let primary = backend_on("primary", "127.0.0.11").await;
         let name = record("late");
         let started = Instant::now();
-        let failoverd = Failoverd::start("dns-late", |layout| {
-            layout
-                .config(
-                    layout
-                        .service()
-                        .merge(&quick_checks())
-                        .backend("primary", primary.addr)
-                        .dns(dns(&named, "late", "30s")),
-                )
-                .to_string()
-        })
-        .await;
+        let service = svc(&[("primary", primary.addr)])
+            .merge(&quick_checks())
+            .dns(dns(&named, "late", "30s"));
+        let failoverd = start("dns-late", service).await;
         tokio::time::sleep(Duration::from_secs(3).saturating_sub(started.elapsed())).await;
         let status = failoverd.status_json().await;
         let dns = &status["services"][0]["dns"];
@@ -491,18 +481,10 @@ async fn a_wrong_tsig_secret_is_refused_counted_and_changes_nothing() {
         )
         .expect("write the wrong key");
 
-        let mut failoverd = Failoverd::start("dns-badkey", |layout| {
-            layout
-                .config(
-                    layout
-                        .service()
-                        .merge(&quick_checks())
-                        .backend("primary", primary.addr)
-                        .dns(dns(&named, "keyed", "30s").set("tsig_key", &wrong)),
-                )
-                .to_string()
-        })
-        .await;
+        let service = svc(&[("primary", primary.addr)])
+            .merge(&quick_checks())
+            .dns(dns(&named, "keyed", "30s").set("tsig_key", &wrong));
+        let mut failoverd = start("dns-badkey", service).await;
         // Attempts at 0 s, 1 s, 3 s: the retries go on.
         let scrape = failoverd
             .metrics_until(LIMIT, "two refused updates", |s| {
@@ -525,15 +507,10 @@ async fn a_wrong_tsig_secret_is_refused_counted_and_changes_nothing() {
             "the refused updates changed the record"
         );
 
-        assert!(
-            failoverd.running(),
-            "failoverd exited:\n{}",
-            failoverd.log()
-        );
+        failoverd.assert_alive();
         assert_eq!(answered_by(failoverd.listen()).await, "primary");
         let log = failoverd.log();
         assert!(log.contains("dns update failed"), "{log}");
-        assert!(!log.contains("panicked"), "{log}");
     })
     .await;
 }
@@ -602,18 +579,10 @@ async fn an_ipv6_backend_publishes_aaaa_and_the_a_rrset_goes() {
         let mut primary = backend_on("primary", "127.0.0.11").await;
         let backup = backend_on("backup6", "[::1]").await;
         let name = record("dual");
-        let failoverd = Failoverd::start("dns-v6", |layout| {
-            layout
-                .config(
-                    layout
-                        .service()
-                        .merge(&quick_checks())
-                        .backends(&[("primary", primary.addr), ("backup6", backup.addr)])
-                        .dns(dns(&named, "dual", "20s")),
-                )
-                .to_string()
-        })
-        .await;
+        let service = svc(&[("primary", primary.addr), ("backup6", backup.addr)])
+            .merge(&quick_checks())
+            .dns(dns(&named, "dual", "20s"));
+        let failoverd = start("dns-v6", service).await;
         let seen = Seen::default();
         wait_record(&named, &name, ip("127.0.0.11"), LIMIT, &seen).await;
         primary.stop();
@@ -685,12 +654,13 @@ async fn a_reload_that_changes_the_dns_section_republishes_to_the_new_target() {
             ),
         ];
         for (what, server, label, ttl, publish) in steps {
-            failoverd.write_config(&config(
-                failoverd.layout(),
-                dns(server, label, ttl),
-                publish,
-            ));
-            let out = failoverd.ctl(&["reload"]).await;
+            let out = failoverd
+                .reload(&config(
+                    failoverd.layout(),
+                    dns(server, label, ttl),
+                    publish,
+                ))
+                .await;
             assert_eq!(out.code, Some(0), "reload with {what}: {out:?}");
             let address = publish.unwrap_or("127.0.0.11");
             let seen = Seen::default();
@@ -774,132 +744,117 @@ async fn check_rejects_each_bad_dns_setting_with_exit_2_naming_the_key() {
             }
             service(Some(good_dns())).backend_table(backend).toml()
         };
-        let bad = |what, config, names| Bad {
-            what,
-            config,
-            names,
-        };
-        let cases = vec![
-            bad(
-                "no listen and no [service.dns]",
-                Service::new("svc")
+        let path = |p: &std::path::Path| Some(Value::from(p));
+        let text = |t: &str| Some(Value::from(t));
+        // (what is wrong, the `[service.dns]` key, its value or None to
+        // leave it out, what the error must name)
+        let dns_cases = [
+            ("server missing", "server", None, "dns.server"),
+            (
+                "server a hostname",
+                "server",
+                text("ns1.example.com:53"),
+                "dns.server",
+            ),
+            (
+                "server without a port",
+                "server",
+                text("127.0.0.1"),
+                "dns.server",
+            ),
+            ("server port 0", "server", text("127.0.0.1:0"), "dns.server"),
+            ("zone missing", "zone", None, "dns.zone"),
+            ("zone not absolute", "zone", text("example.com"), "dns.zone"),
+            (
+                "zone not a DNS name",
+                "zone",
+                text("exa mple.com."),
+                "dns.zone",
+            ),
+            ("name missing", "name", None, "dns.name"),
+            (
+                "name not absolute",
+                "name",
+                text("db.example.com"),
+                "dns.name",
+            ),
+            (
+                "name outside the zone",
+                "name",
+                text("db.example.org."),
+                "dns.name",
+            ),
+            (
+                "name only ending like the zone",
+                "name",
+                text("dbexample.com."),
+                "dns.name",
+            ),
+            ("ttl missing", "ttl", None, "dns.ttl"),
+            ("ttl below 1s", "ttl", text("500ms"), "dns.ttl"),
+            ("ttl without a unit", "ttl", text("30"), "dns.ttl"),
+            ("ttl an integer", "ttl", Some(Value::raw("30")), "ttl"),
+            ("tsig_key missing", "tsig_key", None, "dns.tsig_key"),
+            (
+                "tsig_key no such file",
+                "tsig_key",
+                path(&dir.path("absent.key")),
+                "dns.tsig_key",
+            ),
+            (
+                "tsig_key not a key file",
+                "tsig_key",
+                path(&garbage),
+                "dns.tsig_key",
+            ),
+            (
+                "tsig_key with an unsupported algorithm",
+                "tsig_key",
+                path(&md5),
+                "dns.tsig_key",
+            ),
+            (
+                "tsig_key a directory",
+                "tsig_key",
+                path(&dir.0),
+                "dns.tsig_key",
+            ),
+            ("an unknown key", "port", Some(Value::from(53)), "port"),
+        ];
+        let mut cases: Vec<Bad> = dns_cases
+            .into_iter()
+            .map(|(what, key, value, names)| {
+                let dns = match value {
+                    Some(value) => good_dns().set(key, value),
+                    None => good_dns().unset(key),
+                };
+                Bad {
+                    what,
+                    config: with_dns(dns),
+                    names,
+                }
+            })
+            .collect();
+        cases.extend([
+            Bad {
+                what: "no listen and no [service.dns]",
+                config: Service::new("svc")
                     .no_listen()
                     .backend("primary", "127.0.0.1:2")
                     .toml(),
-                "\"listen\"",
-            ),
-            bad(
-                "server missing",
-                with_dns(good_dns().unset("server")),
-                "dns.server",
-            ),
-            bad(
-                "server a hostname",
-                with_dns(good_dns().set("server", "ns1.example.com:53")),
-                "dns.server",
-            ),
-            bad(
-                "server without a port",
-                with_dns(good_dns().set("server", "127.0.0.1")),
-                "dns.server",
-            ),
-            bad(
-                "server port 0",
-                with_dns(good_dns().set("server", "127.0.0.1:0")),
-                "dns.server",
-            ),
-            bad(
-                "zone missing",
-                with_dns(good_dns().unset("zone")),
-                "dns.zone",
-            ),
-            bad(
-                "zone not absolute",
-                with_dns(good_dns().set("zone", "example.com")),
-                "dns.zone",
-            ),
-            bad(
-                "zone not a DNS name",
-                with_dns(good_dns().set("zone", "exa mple.com.")),
-                "dns.zone",
-            ),
-            bad(
-                "name missing",
-                with_dns(good_dns().unset("name")),
-                "dns.name",
-            ),
-            bad(
-                "name not absolute",
-                with_dns(good_dns().set("name", "db.example.com")),
-                "dns.name",
-            ),
-            bad(
-                "name outside the zone",
-                with_dns(good_dns().set("name", "db.example.org.")),
-                "dns.name",
-            ),
-            bad(
-                "name that only ends like the zone",
-                with_dns(good_dns().set("name", "dbexample.com.")),
-                "dns.name",
-            ),
-            bad("ttl missing", with_dns(good_dns().unset("ttl")), "dns.ttl"),
-            bad(
-                "ttl below 1s",
-                with_dns(good_dns().set("ttl", "500ms")),
-                "dns.ttl",
-            ),
-            bad(
-                "ttl without a unit",
-                with_dns(good_dns().set("ttl", "30")),
-                "dns.ttl",
-            ),
-            bad(
-                "ttl an integer",
-                with_dns(good_dns().set("ttl", Value::raw("30"))),
-                "ttl",
-            ),
-            bad(
-                "tsig_key missing",
-                with_dns(good_dns().unset("tsig_key")),
-                "dns.tsig_key",
-            ),
-            bad(
-                "tsig_key no such file",
-                with_dns(good_dns().set("tsig_key", &dir.path("absent.key"))),
-                "dns.tsig_key",
-            ),
-            bad(
-                "tsig_key not a key file",
-                with_dns(good_dns().set("tsig_key", &garbage)),
-                "dns.tsig_key",
-            ),
-            bad(
-                "tsig_key with an unsupported algorithm",
-                with_dns(good_dns().set("tsig_key", &md5)),
-                "dns.tsig_key",
-            ),
-            bad(
-                "tsig_key a directory",
-                with_dns(good_dns().set("tsig_key", &dir.0)),
-                "dns.tsig_key",
-            ),
-            bad(
-                "an unknown key in [service.dns]",
-                with_dns(good_dns().set("port", 53)),
-                "port",
-            ),
-            bad(
-                "a hostname backend without publish",
-                hostname_backend(None),
-                "publish",
-            ),
-            bad(
-                "publish not an IP address",
-                hostname_backend(Some("db.example.com")),
-                "publish",
-            ),
-        ];
+                names: "\"listen\"",
+            },
+            Bad {
+                what: "a hostname backend without publish",
+                config: hostname_backend(None),
+                names: "publish",
+            },
+            Bad {
+                what: "publish not an IP address",
+                config: hostname_backend(Some("db.example.com")),
+                names: "publish",
+            },
+        ]);
         assert!(cases.len() > 20, "the table is not empty");
         let config = dir.path("failoverd.toml");
         let config_arg = config.to_str().expect("utf-8 path");
