@@ -148,10 +148,12 @@ impl Engine {
     fn handle(&mut self, event: Event) -> Option<Instant> {
         match event {
             Event::Check { backend, ok } => {
-                if self.contains(&backend) {
-                    self.record_check(&backend, ok);
-                }
+                let first_pass = self.contains(&backend) && self.record_check(&backend, ok);
                 let next = self.evaluate(None);
+                if first_pass {
+                    // The active backend may only now be fit for DNS.
+                    self.publish_dns();
+                }
                 if ok {
                     self.close_fallbacks(&backend);
                 }
@@ -203,14 +205,18 @@ impl Engine {
             .any(|b| Arc::ptr_eq(b, backend))
     }
 
-    fn record_check(&self, backend: &Backend, ok: bool) {
+    /// Apply one check result; true when it is the backend's first pass.
+    fn record_check(&self, backend: &Backend, ok: bool) -> bool {
         let settings = Arc::clone(&self.service.snapshot().settings);
         let Ok(mut health) = backend.health.lock() else {
-            return;
+            return false;
         };
+        let first_pass = ok && !health.passed_a_check;
+        health.passed_a_check |= ok;
         if let Some(up) = health.hysteresis.record(ok, settings.rise, settings.fall) {
             self.flip(backend, health, up, SwitchReason::HealthCheck);
         }
+        first_pass
     }
 
     fn mark_passive_down(&self, backend: &Backend) {
@@ -342,10 +348,13 @@ impl Engine {
     }
 
     /// Tell the DNS publisher the active backend's address (`None`: no
-    /// backend up, the record stays as it is).
+    /// backend up, the record stays as it is). A backend that has not
+    /// passed a check yet is not named: at start-up every backend is up by
+    /// assumption, and a dead primary must not go into resolvers' caches.
     fn publish_dns(&self) {
         let snapshot = self.service.snapshot();
-        let publish = snapshot.active_backend().and_then(|b| {
+        let checked = |b: &&Arc<Backend>| b.health.lock().is_ok_and(|h| h.passed_a_check);
+        let publish = snapshot.active_backend().filter(checked).and_then(|b| {
             b.publish().map(|address| Publish {
                 backend: b.name.clone(),
                 address,

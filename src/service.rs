@@ -71,6 +71,10 @@ pub(crate) struct Health {
     pub last_change: Instant,
     /// Why it went down: [`SwitchReason::HealthCheck`] or [`SwitchReason::Passive`].
     pub down_reason: SwitchReason,
+    /// A health check has passed since this backend was created. Only then
+    /// may DNS name it: a backend that is up by assumption at start-up may
+    /// be dead, and resolvers would cache its address for the whole TTL.
+    pub passed_a_check: bool,
 }
 
 /// Metric handles resolved once per backend.
@@ -159,6 +163,7 @@ impl Backend {
                 up_since: (!role_aware).then_some(now),
                 last_change: now,
                 down_reason: SwitchReason::HealthCheck,
+                passed_a_check: false,
             }),
             metrics,
         }

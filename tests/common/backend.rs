@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -29,6 +29,10 @@ pub enum Mode {
     /// Answer each line: `PING` gets `PONG\r\n`, any other line gets the
     /// backend's name and a newline (see `who_answers_when_asked`).
     PingPong,
+    /// Send `OK <name>` while healthy, `DOWN <name>` after
+    /// [`TestBackend::set_healthy`]`(false)`, and a newline, then echo: with
+    /// `check_expect = "OK"` its health checks fail while it still accepts.
+    Status,
 }
 
 /// A backend on 127.0.0.1 that can be stopped (connections refused),
@@ -48,6 +52,8 @@ pub struct TestBackend {
     pub accepted: Arc<AtomicUsize>,
     /// Connections that sent at least one byte (client traffic, not checks).
     pub served: Arc<AtomicUsize>,
+    /// What a [`Mode::Status`] backend says it is.
+    healthy: Arc<AtomicBool>,
 }
 
 impl TestBackend {
@@ -60,6 +66,20 @@ impl TestBackend {
     pub async fn start_on(name: &str, mode: Mode, addr: SocketAddr) -> TestBackend {
         let listener =
             listen(addr).unwrap_or_else(|e| panic!("bind backend {name} on {addr}: {e}"));
+        TestBackend::serving(name, mode, listener)
+    }
+
+    /// A backend on a socket the test made (in another network namespace,
+    /// say); [`restart`](Self::restart) binds in the caller's namespace.
+    pub fn from_listener(name: &str, mode: Mode, listener: std::net::TcpListener) -> TestBackend {
+        listener
+            .set_nonblocking(true)
+            .expect("non-blocking listener");
+        let listener = TcpListener::from_std(listener).expect("tokio listener");
+        TestBackend::serving(name, mode, listener)
+    }
+
+    fn serving(name: &str, mode: Mode, listener: TcpListener) -> TestBackend {
         let addr = listener.local_addr().expect("backend addr");
         let mut backend = TestBackend {
             name: name.to_string(),
@@ -71,9 +91,15 @@ impl TestBackend {
             fillers: Vec::new(),
             accepted: Arc::new(AtomicUsize::new(0)),
             served: Arc::new(AtomicUsize::new(0)),
+            healthy: Arc::new(AtomicBool::new(true)),
         };
         backend.serve(listener);
         backend
+    }
+
+    /// What a [`Mode::Status`] backend greets with from now on.
+    pub fn set_healthy(&self, healthy: bool) {
+        self.healthy.store(healthy, Ordering::SeqCst);
     }
 
     fn serve(&mut self, listener: TcpListener) {
@@ -83,6 +109,7 @@ impl TestBackend {
         let mode = self.mode;
         let accepted = Arc::clone(&self.accepted);
         let served = Arc::clone(&self.served);
+        let healthy = Arc::clone(&self.healthy);
         let conns = self.conns.clone();
         self.task = Some(tokio::spawn(async move {
             loop {
@@ -90,7 +117,12 @@ impl TestBackend {
                     continue;
                 };
                 accepted.fetch_add(1, Ordering::Relaxed);
-                let name = name.clone();
+                let name = match mode {
+                    // The state when it connected, as a server would say it.
+                    Mode::Status if healthy.load(Ordering::SeqCst) => format!("OK {name}"),
+                    Mode::Status => format!("DOWN {name}"),
+                    _ => name.clone(),
+                };
                 let served = Arc::clone(&served);
                 let conns = conns.clone();
                 tokio::spawn(async move {
@@ -183,7 +215,7 @@ impl Drop for TestBackend {
 async fn serve_conn(mut stream: TcpStream, name: String, mode: Mode, served: Arc<AtomicUsize>) {
     match mode {
         Mode::Hang => std::future::pending::<()>().await,
-        Mode::Greet => {
+        Mode::Greet | Mode::Status => {
             if stream
                 .write_all(format!("{name}\n").as_bytes())
                 .await

@@ -125,6 +125,11 @@ pub struct Answer {
     pub addresses: Vec<IpAddr>,
 }
 
+/// The zone clause that lets `key` update every name of the zone.
+pub fn allow_update(key: &str) -> String {
+    format!("allow-update {{ key {key}; }};")
+}
+
 /// One `named` with its directory, key and port.
 pub struct Named {
     dir: TempDir,
@@ -142,9 +147,22 @@ impl Named {
     /// Start a server whose update key uses `algorithm` (`hmac-sha256` ...)
     /// and wait until it answers.
     pub async fn start(algorithm: &str) -> Named {
+        Named::start_with(algorithm, allow_update).await
+    }
+
+    /// Write the config on a fresh port, but do not start `named` yet
+    /// (for tests where the server comes up late; see [`run`](Self::run)).
+    /// The key may update the whole zone (`allow-update`).
+    pub fn prepare(algorithm: &str) -> Named {
+        Named::prepare_with(algorithm, allow_update)
+    }
+
+    /// Start a server whose zone says who may update what with the clause
+    /// `update(key_name)` returns (`update-policy { grant ... };`).
+    pub async fn start_with(algorithm: &str, update: impl Fn(&str) -> String) -> Named {
         let mut last = String::new();
         for _ in 0..START_TRIES {
-            let mut named = Named::prepare(algorithm);
+            let mut named = Named::prepare_with(algorithm, &update);
             match named.run().await {
                 Ok(()) => return named,
                 Err(err) => last = err,
@@ -153,9 +171,9 @@ impl Named {
         panic!("named did not start in {START_TRIES} tries: {last}");
     }
 
-    /// Write the config on a fresh port, but do not start `named` yet
-    /// (for tests where the server comes up late; see [`run`](Self::run)).
-    pub fn prepare(algorithm: &str) -> Named {
+    /// [`prepare`](Self::prepare) with the zone's update clause made by
+    /// `update` from the key name.
+    pub fn prepare_with(algorithm: &str, update: impl Fn(&str) -> String) -> Named {
         let named = binary("named", "bind9");
         let dig = binary("dig", "bind9-dnsutils");
         let dir = TempDir::new("named");
@@ -199,10 +217,11 @@ zone "{zone}" {{
     type primary;
     file "{d}/zone";
     journal "{d}/zone.jnl";
-    allow-update {{ key {key_name}; }};
+    {update}
 }};
 "#,
                 zone = ZONE.trim_end_matches('.'),
+                update = update(&key_name),
             ),
         )
         .expect("write named.conf");
@@ -297,6 +316,36 @@ zone "{zone}" {{
 
     /// `dig` one RRset: (TTL, RDATA) per record of the answer section.
     pub async fn dig(&self, name: &str, rtype: &str) -> Result<Vec<(u32, String)>, String> {
+        let records = self.query(name, rtype).await?;
+        Ok(records
+            .into_iter()
+            .filter(|(kind, _, _)| kind.eq_ignore_ascii_case(rtype))
+            .map(|(_, ttl, rdata)| (ttl, rdata))
+            .collect())
+    }
+
+    /// Every A and AAAA record of `name` from one `ANY` query, so the
+    /// answer is one state of the zone (two queries can straddle an
+    /// update): (type, TTL, address), sorted. An error when `dig` got no
+    /// answer (a loaded machine), for a poll to try again.
+    pub async fn addresses(&self, name: &str) -> Result<Vec<(String, u32, IpAddr)>, String> {
+        let records = self.query(name, "ANY").await?;
+        let mut found: Vec<(String, u32, IpAddr)> = records
+            .into_iter()
+            .filter(|(kind, _, _)| kind == "A" || kind == "AAAA")
+            .map(|(kind, ttl, rdata)| {
+                let address = rdata
+                    .parse()
+                    .unwrap_or_else(|_| panic!("not an address: {rdata}"));
+                (kind, ttl, address)
+            })
+            .collect();
+        found.sort();
+        Ok(found)
+    }
+
+    /// `dig` one query: (TYPE, TTL, RDATA) per record of the answer section.
+    async fn query(&self, name: &str, rtype: &str) -> Result<Vec<(String, u32, String)>, String> {
         let out = tokio::process::Command::new(&self.dig)
             .arg(format!("@{}", Ipv4Addr::LOCALHOST))
             .args(["-p", &self.port.to_string()])
@@ -318,13 +367,13 @@ zone "{zone}" {{
             .filter(|l| !l.trim().is_empty() && !l.starts_with(';'))
         {
             let fields: Vec<&str> = line.split_whitespace().collect();
-            if fields.len() < 5 || !fields[3].eq_ignore_ascii_case(rtype) {
+            if fields.len() < 5 {
                 continue;
             }
             let ttl = fields[1]
                 .parse()
                 .map_err(|_| format!("dig line without a TTL: {line}"))?;
-            records.push((ttl, fields[4..].join(" ")));
+            records.push((fields[3].to_ascii_uppercase(), ttl, fields[4..].join(" ")));
         }
         Ok(records)
     }

@@ -6,7 +6,8 @@
 //!
 //! Every child process and temp dir is cleaned up in `Drop`, so a failing
 //! test leaks nothing; every wait has a deadline. Real servers (Redis,
-//! PostgreSQL, etcd, BIND) get a module each here, beside these.
+//! PostgreSQL, etcd, BIND) get a module each here, beside these, and
+//! network faults (namespaces, black-holed ports) one: `netfault`.
 //!
 //! Each test crate compiles the whole harness and uses a part of it (and
 //! of the re-exports below).
@@ -17,6 +18,7 @@ pub mod bind;
 pub mod config;
 pub mod etcd;
 pub mod net;
+pub mod netfault;
 pub mod postgres;
 pub mod process;
 pub mod prom;

@@ -155,6 +155,13 @@ impl Layout {
     pub fn config_arg(&self) -> &str {
         self.config.to_str().expect("utf-8 temp path")
     }
+
+    /// Write another file into the temp dir (a script, a key); its path.
+    pub fn write_file(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.path(name);
+        std::fs::write(&path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        path
+    }
 }
 
 /// The signals an operator sends.
@@ -177,13 +184,14 @@ impl Signal {
     }
 }
 
-/// How to start `failoverd run`: extra arguments, environment, and an
-/// open-file limit.
+/// How to start `failoverd run`: extra arguments, environment, an
+/// open-file limit, and a command to run it through.
 #[derive(Clone, Debug, Default)]
 pub struct Launch {
     args: Vec<String>,
     env: Vec<(String, String)>,
     nofile: Option<u32>,
+    through: Vec<String>,
 }
 
 impl Launch {
@@ -206,6 +214,14 @@ impl Launch {
     /// Run under `ulimit -n limit`.
     pub fn nofile(mut self, limit: u32) -> Launch {
         self.nofile = Some(limit);
+        self
+    }
+
+    /// Run the binary through a wrapper command that ends by executing
+    /// its arguments: `["ip", "netns", "exec", NS]`, `["unshare", ...]`,
+    /// `["sh", "-c", "umask 000; exec \"$0\" \"$@\""]`.
+    pub fn through(mut self, command: &[impl AsRef<str>]) -> Launch {
+        self.through = command.iter().map(|a| a.as_ref().to_string()).collect();
         self
     }
 
@@ -242,17 +258,15 @@ impl Launch {
     pub fn spawn(self, layout: Layout, toml: &str) -> Failoverd {
         layout.write(toml);
         let bin = failoverd_bin();
-        let mut command = match self.nofile {
-            None => std::process::Command::new(&bin),
-            Some(limit) => {
-                let mut sh = std::process::Command::new("sh");
-                sh.arg("-c")
-                    .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
-                    .arg(&bin);
-                sh
-            }
-        };
+        let mut argv: Vec<std::ffi::OsString> = self.through.iter().map(Into::into).collect();
+        if let Some(limit) = self.nofile {
+            argv.extend(["sh".into(), "-c".into()]);
+            argv.push(format!("ulimit -n {limit} && exec \"$0\" \"$@\"").into());
+        }
+        argv.push(bin.clone().into());
+        let mut command = std::process::Command::new(&argv[0]);
         command
+            .args(&argv[1..])
             .arg("run")
             .arg("-c")
             .arg(&layout.config)
@@ -480,9 +494,53 @@ impl Failoverd {
         status.code()
     }
 
+    /// Wait until `ctl status` answers: for an instance whose listen
+    /// addresses the test cannot reach (another network namespace).
+    pub async fn wait_control(&mut self) {
+        let what = format!("failoverd (pid {}) answering ctl status", self.pid());
+        let socket = self.socket().to_str().expect("utf-8 path").to_string();
+        let child = &mut self.child;
+        let outcome = eventually(START_TIMEOUT, &what, || {
+            let exited = child.try_wait().expect("try_wait");
+            let socket = socket.clone();
+            async move {
+                if let Some(status) = exited {
+                    return Ok(Err(status.code()));
+                }
+                let out =
+                    run_failoverd(&["ctl", "--socket", &socket, "status"], COMMAND_TIMEOUT).await;
+                if out.code == Some(0) {
+                    Ok(Ok(()))
+                } else {
+                    Err(out.stderr)
+                }
+            }
+        })
+        .await;
+        if let Err(code) = outcome {
+            self.wait_log_complete().await;
+            panic!(
+                "failoverd exited during start-up with {code:?}; stderr:\n{}",
+                self.log()
+            );
+        }
+    }
+
     /// Its stderr so far.
     pub fn log(&self) -> String {
         self.log.text()
+    }
+
+    /// How many lines of its stderr so far contain `needle`.
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.log().lines().filter(|l| l.contains(needle)).count()
+    }
+
+    /// Panics unless it is still running and its log shows no panic.
+    pub fn assert_alive(&mut self) {
+        let log = self.log();
+        assert!(!log.contains("panicked"), "failoverd panicked:\n{log}");
+        assert!(self.running(), "failoverd exited:\n{log}");
     }
 
     /// Wait until a line of its stderr contains `needle`; that line.
@@ -510,6 +568,13 @@ impl Failoverd {
     /// Replace the config file (then send [`Signal::Hup`] or `ctl reload`).
     pub fn write_config(&self, text: &str) {
         self.layout.write(text);
+    }
+
+    /// Replace the config file and `ctl reload`: the command's output
+    /// (exit 0 applied, 2 rejected, the reason on stderr).
+    pub async fn reload(&self, text: &str) -> Output {
+        self.write_config(text);
+        self.ctl(&["reload"]).await
     }
 
     /// The control socket the config names.
