@@ -16,6 +16,13 @@
 //! A database thus takes writes on two servers at most until the primary
 //! is seen serving again, never for the rest of a long session.
 //!
+//! At the front door, before any backend is contacted: with `accept_proxy`
+//! the PROXY header a load balancer wrote is read (exactly its bytes, by
+//! `connect_timeout`) and its source becomes the client's address; with
+//! `allow`, a client outside the list is closed. Both count in
+//! `failoverd_rejected_total`. With `send_proxy` the backend gets a header
+//! naming that client before its first byte.
+//!
 //! With `hold_timeout`, a client no backend can take is held instead of
 //! closed (SPEC.md: Hold): nothing is read from it, so the bytes it sends
 //! meanwhile wait in its socket and are forwarded intact once a backend
@@ -33,10 +40,11 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::config::OnSwitch;
+use crate::config::{OnSwitch, ProxyVersion, Settings};
 use crate::forward::{self, ForwardOptions};
 use crate::limit::Slot;
 use crate::net;
+use crate::proxy_header;
 use crate::ratelimit::LogLimit;
 use crate::service::{Backend, Service, Snapshot};
 
@@ -63,10 +71,22 @@ enum Attempt {
     Failed,
 }
 
+/// Who a client is: its address (the PROXY header's source with
+/// `accept_proxy`) and the address it connected to.
+#[derive(Clone, Copy, Debug)]
+struct Client {
+    source: SocketAddr,
+    destination: SocketAddr,
+}
+
 /// Serve one accepted client. `_slot` holds its `max_connections` slot.
 pub async fn handle(client: TcpStream, peer: SocketAddr, service: Arc<Service>, _slot: Slot) {
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     // TCP_NODELAY and keepalive came from the listener (see `net::bind_std`).
+    let Some(who) = front_door(&client, peer, &service, id).await else {
+        return;
+    };
+    let peer = who.source;
     let connected = match choose(&service, id).await {
         Some(connected) => Some(connected),
         None => hold(&service, id, peer).await,
@@ -75,7 +95,7 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, service: Arc<Service>, 
         snapshot,
         Connected {
             backend,
-            upstream,
+            mut upstream,
             close,
         },
     )) = connected
@@ -87,6 +107,10 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, service: Arc<Service>, 
         return;
     };
     let settings = &snapshot.settings;
+    if let Err(err) = send_header(&mut upstream, settings, who).await {
+        debug!(service = %service.name, id, %peer, backend = %backend.name, error = %err, "writing the PROXY header to the backend failed");
+        return;
+    }
     if settings.on_switch == OnSwitch::Close {
         // Against the snapshot of now, after the connect: a switch to this
         // backend meanwhile makes it no fallback.
@@ -104,6 +128,87 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, service: Arc<Service>, 
     let started = Instant::now();
     let result = forward::forward(client, upstream, options, &backend.metrics.bytes, &close).await;
     log_end(&service, &backend, id, peer, started, result);
+}
+
+/// `accept_proxy` and `allow` (SPEC.md: PROXY protocol, Allow-list): who
+/// the client is, or `None` when it was closed here (counted and logged).
+async fn front_door(
+    client: &TcpStream,
+    peer: SocketAddr,
+    service: &Service,
+    id: u64,
+) -> Option<Client> {
+    let settings = Arc::clone(&service.snapshot().settings);
+    let Ok(destination) = client.local_addr() else {
+        debug!(service = %service.name, id, %peer, "client socket gone before it was served");
+        return None;
+    };
+    let mut who = Client {
+        source: peer,
+        destination,
+    };
+    let rejected = &service.rejected;
+    if settings.accept_proxy {
+        let deadline = tokio::time::Instant::now()
+            .checked_add(settings.connect_timeout)
+            .unwrap_or_else(far_future);
+        match proxy_header::read_header(client, deadline).await {
+            Ok(header) => {
+                if let (Some(source), Some(destination)) = (header.source, header.destination) {
+                    who = Client {
+                        source,
+                        destination,
+                    };
+                }
+            }
+            Err(proxy_header::HeaderError::Closed { received: 0 }) => {
+                // A TCP health check of this port (keepalived, a load
+                // balancer) connects and closes: nothing to reject.
+                debug!(service = %service.name, id, %peer, "client closed before sending anything");
+                return None;
+            }
+            Err(err) => {
+                rejected.proxy_header.increment(1);
+                if let Some(suppressed) = rejected.log.check() {
+                    warn!(service = %service.name, id, %peer, error = %err, suppressed, "client rejected: bad PROXY header");
+                }
+                return None;
+            }
+        }
+    }
+    if !settings.allow.is_empty() && !settings.allow.allows(who.source.ip()) {
+        rejected.allow.increment(1);
+        if let Some(suppressed) = rejected.log.check() {
+            warn!(service = %service.name, id, client = %who.source, %peer, suppressed, "client rejected: not in allow");
+        }
+        return None;
+    }
+    Some(who)
+}
+
+/// A deadline that never comes (an Instant cannot hold "now + a year"
+/// on every platform; validation bounds durations, this is the fallback).
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + std::time::Duration::from_secs(86_400)
+}
+
+/// `send_proxy`: the header naming `who`, written before any client byte,
+/// within `connect_timeout`.
+async fn send_header(upstream: &mut TcpStream, settings: &Settings, who: Client) -> io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let version = match settings.send_proxy {
+        ProxyVersion::Off => return Ok(()),
+        ProxyVersion::V1 => proxy_header::Version::V1,
+        ProxyVersion::V2 => proxy_header::Version::V2,
+    };
+    let header = proxy_header::encode(version, who.source, who.destination);
+    match tokio::time::timeout(settings.connect_timeout, upstream.write_all(&header)).await {
+        Ok(result) => result,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the backend took no PROXY header within connect_timeout",
+        )),
+    }
 }
 
 /// Choose a backend and connect: the current snapshot's backends in

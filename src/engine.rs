@@ -27,7 +27,7 @@ use crate::metrics as m;
 use crate::notify;
 use crate::policy::{self, BackendView, Cause, Policy, SwitchReason};
 use crate::ratelimit::LogLimit;
-use crate::service::{Backend, Event, Health, Hold, Service, Snapshot};
+use crate::service::{Backend, Event, Health, Hold, Rejected, Service, Snapshot};
 
 /// A running engine: the service it steers and how to stop it.
 pub struct EngineHandle {
@@ -91,6 +91,7 @@ pub fn start(
         limit: Limit::new(config.settings.max_connections),
         fallbacks: AtomicBool::new(false),
         hold: Hold::new(&config.name),
+        rejected: Rejected::new(&config.name),
         events: tx,
     });
     let stop = CancellationToken::new();

@@ -359,7 +359,29 @@ pub struct Service {
     pub fallbacks: AtomicBool,
     /// Client connections waiting for a backend (`hold_timeout`).
     pub hold: Hold,
+    /// Clients closed at the front door (`allow`, `accept_proxy`).
+    pub rejected: Rejected,
     pub(crate) events: mpsc::UnboundedSender<Event>,
+}
+
+/// Clients closed before any backend was contacted, by reason
+/// (`failoverd_rejected_total`), and their rate-limited log.
+pub struct Rejected {
+    pub allow: Counter,
+    pub proxy_header: Counter,
+    /// One "rejected" line a second at most, whatever the reason.
+    pub log: LogLimit,
+}
+
+impl Rejected {
+    pub fn new(service: &str) -> Rejected {
+        let with = |reason: &'static str| metrics::counter!(m::REJECTED_TOTAL, "service" => service.to_string(), "reason" => reason);
+        Rejected {
+            allow: with("allow"),
+            proxy_header: with("proxy_header"),
+            log: LogLimit::new(),
+        }
+    }
 }
 
 /// Where held client connections wait (SPEC.md: Hold): the engine wakes
@@ -550,6 +572,7 @@ mod tests {
             limit: Limit::new(0),
             fallbacks: AtomicBool::new(false),
             hold: Hold::new("svc"),
+            rejected: Rejected::new("svc"),
             events,
         }
     }
