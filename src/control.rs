@@ -73,6 +73,7 @@ impl Response {
 pub async fn reload(proxy: &Proxy) -> Result<(), String> {
     let current = proxy.config().await;
     let result = match config::load(&current.path) {
+        Ok(next) if next.runnable().is_err() => next.runnable(),
         Ok(next) => {
             if next.admin != current.admin {
                 warn!("the [admin] section changed; it takes effect at the next restart");

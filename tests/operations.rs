@@ -120,6 +120,10 @@ async fn check_accepts_the_example_config_and_prints_every_service() {
     for want in [
         "service \"db\"",
         "service \"web\"",
+        "service \"cache\"",
+        "check postgres as failoverd@postgres",
+        "check redis ROLE master",
+        "hold_timeout 5s",
         "1. primary",
         "2. standby",
         "3. dr",
@@ -876,6 +880,54 @@ async fn a_stale_socket_file_is_replaced_and_a_live_one_is_not_stolen() {
         // The running instance keeps its socket.
         assert_eq!(daemon.active().await.as_deref(), Some("primary"));
         assert_eq!(answered_by(daemon.listen()).await, "primary");
+    })
+    .await;
+}
+
+/// `[cluster]` validates, but `run` does not coordinate instances yet: it
+/// refuses the config (exit 2, naming the file and the section) rather than
+/// run a lone instance its operator believes is coordinated, and a reload
+/// that adds `[cluster]` is rejected with the running config kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_refuses_cluster_mode_until_it_is_available() {
+    within(30, async {
+        let backend = TestBackend::start("backend", Mode::Greet).await;
+        let cluster = Table::new()
+            .set("name", "px1")
+            .set("etcd", ["http://127.0.0.1:2379"]);
+        let layout = Layout::new("cluster-refused");
+        let text = layout
+            .config(layout.service().backend("backend", backend.addr))
+            .cluster(cluster.clone())
+            .to_string();
+        layout.write(&text);
+        let checked = run_failoverd(&["check", "-c", layout.config_arg()], LIMIT).await;
+        assert_eq!(checked.code, Some(0), "{checked:?}");
+        assert!(checked.stdout.contains("`run` refuses it"), "{checked:?}");
+        let ran = run_failoverd(&["run", "-c", layout.config_arg()], LIMIT).await;
+        assert_eq!(ran.code, Some(2), "{ran:?}");
+        assert!(
+            ran.stderr
+                .contains("[cluster]: cluster mode is not available")
+                && ran.stderr.contains(layout.config_arg()),
+            "{ran:?}"
+        );
+
+        let proxy = Failoverd::start("cluster-reload", |layout| {
+            layout
+                .config(layout.service().backend("backend", backend.addr))
+                .to_string()
+        })
+        .await;
+        let layout = proxy.layout();
+        let with_cluster = layout
+            .config(layout.service().backend("backend", backend.addr))
+            .cluster(cluster)
+            .to_string();
+        let out = proxy.reload(&with_cluster).await;
+        assert_eq!(out.code, Some(2), "{out:?}");
+        assert!(out.stderr.contains("[cluster]"), "{out:?}");
+        assert_eq!(who_answers(proxy.listen()).await.unwrap(), "backend");
     })
     .await;
 }

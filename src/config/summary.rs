@@ -37,7 +37,8 @@ impl Config {
             };
             writeln!(
                 out,
-                "cluster: member \"{}\", prefix {}, ttl {}, on_lost {on_lost}, etcd {}",
+                "cluster: member \"{}\", prefix {}, ttl {}, on_lost {on_lost}, etcd {} \
+                 (valid, but `run` refuses it: cluster mode is not available yet)",
                 c.name,
                 c.prefix,
                 format_duration(c.ttl),
