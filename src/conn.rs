@@ -46,7 +46,7 @@ use crate::limit::Slot;
 use crate::net;
 use crate::proxy_header;
 use crate::ratelimit::LogLimit;
-use crate::service::{Backend, Service, Snapshot};
+use crate::service::{Backend, Mode, Service, Snapshot};
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -82,6 +82,12 @@ struct Client {
 /// Serve one accepted client. `_slot` holds its `max_connections` slot.
 pub async fn handle(client: TcpStream, peer: SocketAddr, service: Arc<Service>, _slot: Slot) {
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    if service.snapshot().mode == Mode::Refusing {
+        // Cut off from the cluster (on_lost = "close"): reset at once.
+        let _ = socket2::SockRef::from(&client).set_linger(Some(std::time::Duration::ZERO));
+        service.client_failures.increment(1);
+        return;
+    }
     // TCP_NODELAY and keepalive came from the listener (see `net::bind_std`).
     let Some(who) = front_door(&client, peer, &service, id).await else {
         return;
@@ -217,8 +223,12 @@ async fn choose(service: &Service, id: u64) -> Option<(Arc<Snapshot>, Connected)
     let mut snapshot = service.snapshot();
     let mut round = 1;
     loop {
-        match connect(service, &snapshot, id, round < CHOOSE_ROUNDS).await {
+        // In cluster mode a connection never goes ahead on a replaced
+        // snapshot: the switch's first step must find it (SPEC.md: Cluster).
+        let cluster = snapshot.mode.is_cluster();
+        match connect(service, &snapshot, id, cluster || round < CHOOSE_ROUNDS).await {
             Attempt::Connected(connected) => return Some((snapshot, connected)),
+            Attempt::Switched if cluster && round >= CHOOSE_ROUNDS => return None,
             Attempt::Switched => {
                 round += 1;
                 snapshot = service.snapshot();
@@ -256,6 +266,10 @@ async fn hold(service: &Service, id: u64, peer: SocketAddr) -> Option<(Arc<Snaps
             break;
         }
         changes.borrow_and_update();
+        if service.snapshot().mode == Mode::Refusing {
+            // Cut off from the cluster: the held client is refused too.
+            return None;
+        }
         if let Some(connected) = choose(service, id).await {
             hold.served.increment(1);
             let waited_ms = started.elapsed().as_millis() as u64;
@@ -290,6 +304,11 @@ async fn connect(service: &Service, snapshot: &Arc<Snapshot>, id: u64, verify: b
             None => backend.close_token(),
         };
         match net::connect(backend.addresses(), settings.connect_timeout).await {
+            Ok(_) if snapshot.mode.is_cluster() && close.is_cancelled() => {
+                // The first step of a cluster switch closed this backend's
+                // connections while this one was being made: drop it.
+                return Attempt::Switched;
+            }
             Ok(upstream) => {
                 backend.record_connect_ok();
                 if let Err(err) = net::tune(&upstream) {

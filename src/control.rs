@@ -73,7 +73,6 @@ impl Response {
 pub async fn reload(proxy: &Proxy) -> Result<(), String> {
     let current = proxy.config().await;
     let result = match config::load(&current.path) {
-        Ok(next) if next.runnable().is_err() => next.runnable(),
         Ok(next) => {
             if next.admin != current.admin {
                 warn!("the [admin] section changed; it takes effect at the next restart");
@@ -363,13 +362,30 @@ async fn exchange(path: &Path, request: &Request) -> io::Result<Response> {
 /// `ctl status` as a table.
 pub fn format_status(status: &Status) -> String {
     let mut out = String::new();
+    if let Some(c) = &status.cluster {
+        out.push_str(&format!(
+            "cluster member {}  {}  decider {}  members {}\n",
+            c.name,
+            if c.connected {
+                "connected"
+            } else {
+                "NOT CONNECTED"
+            },
+            c.decider.as_deref().unwrap_or("-"),
+            c.members.join(",")
+        ));
+    }
     for service in &status.services {
         out.push_str(&format!(
-            "service {}  listen {}  active {}\n",
+            "service {}  listen {}  active {}",
             service.name,
             service.listen.as_deref().unwrap_or("-"),
             service.active.as_deref().unwrap_or("-")
         ));
+        if let Some(generation) = service.generation {
+            out.push_str(&format!("  generation {generation}"));
+        }
+        out.push('\n');
         out.push_str(&format!(
             "  {:<3} {:<16} {:<28} {:<5} {:<9} {:>8} {:>6}\n",
             "", "BACKEND", "ADDRESS", "STATE", "ENABLED", "FAILURES", "CONNS"

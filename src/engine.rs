@@ -7,6 +7,13 @@
 //! in `policy.rs`) which backend is active, and on a change swaps the
 //! pointer, logs, counts, closes connections on the other backends
 //! (`on_switch = "close"`) and runs `notify`. It never touches client bytes.
+//!
+//! In cluster mode (SPEC.md: Cluster) the engine decides nothing: it
+//! shares its view of the backends with the member, follows the agreed
+//! state (swap the pointer, close connections per `on_switch`, then
+//! acknowledge the generation), refuses clients when cut off from etcd
+//! under `on_lost = "close"`, and on the decider runs `notify` once per
+//! cluster switch and publishes DNS.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,7 +26,8 @@ use tokio::time::sleep_until;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::config::{OnSwitch, ServiceConfig};
+use crate::cluster::{ClusterHandle, LocalView, Seen};
+use crate::config::{OnLost, OnSwitch, ServiceConfig};
 use crate::dns::Publish;
 use crate::health;
 use crate::limit::Limit;
@@ -27,7 +35,7 @@ use crate::metrics as m;
 use crate::notify;
 use crate::policy::{self, BackendView, Cause, Policy, SwitchReason};
 use crate::ratelimit::LogLimit;
-use crate::service::{Backend, Event, Health, Hold, Rejected, Service, Snapshot};
+use crate::service::{Backend, Event, Health, Hold, Mode, Rejected, Service, Snapshot};
 
 /// A running engine: the service it steers and how to stop it.
 pub struct EngineHandle {
@@ -54,14 +62,34 @@ impl Drop for EngineHandle {
     }
 }
 
+/// What an engine in cluster mode talks to.
+#[derive(Clone)]
+pub struct ClusterLink {
+    pub handle: ClusterHandle,
+    /// This instance's view of every service's backends, shared by the
+    /// engines and read by the member.
+    pub local: watch::Sender<LocalView>,
+    pub on_lost: OnLost,
+}
+
+/// The cluster's state as one engine watches it.
+struct ClusterWatches {
+    agreed: watch::Receiver<Option<crate::cluster::Agreed>>,
+    connected: watch::Receiver<bool>,
+    decider: watch::Receiver<bool>,
+}
+
 /// Build a service from its config and start its engine and checks.
 /// `force_close` is the parent of every connection's close token (shutdown).
 /// `dns` receives the address to publish after every change of the active
 /// backend (the DNS publisher follows it).
+/// With `cluster`, the engine follows the cluster (see the module doc)
+/// and new clients are held until a state is agreed.
 pub fn start(
     config: &ServiceConfig,
     force_close: &CancellationToken,
     dns: watch::Sender<Option<Publish>>,
+    cluster: Option<ClusterLink>,
 ) -> EngineHandle {
     let backends: Vec<Arc<Backend>> = config
         .backends
@@ -76,7 +104,10 @@ pub fn start(
         })
         .collect();
     let views = views(&backends);
-    let active = policy::initial(&views);
+    let (active, mode) = match cluster {
+        None => (policy::initial(&views), Mode::Alone),
+        Some(_) => (None, Mode::Agreed { generation: 0 }),
+    };
     set_active_gauges(&backends, active);
     let (tx, rx) = mpsc::unbounded_channel();
     let service = Arc::new(Service {
@@ -85,6 +116,7 @@ pub fn start(
             settings: Arc::new(config.settings.clone()),
             backends,
             active,
+            mode,
         }),
         client_failures: metrics::counter!(m::CLIENT_FAILURES_TOTAL, "service" => config.name.clone()),
         client_failure_log: LogLimit::new(),
@@ -95,6 +127,13 @@ pub fn start(
         events: tx,
     });
     let stop = CancellationToken::new();
+    let watches = cluster.as_ref().and_then(|link| {
+        Some(ClusterWatches {
+            agreed: link.handle.agreed(&config.name)?,
+            connected: link.handle.connected(),
+            decider: link.handle.is_decider(),
+        })
+    });
     let engine = Engine {
         service: Arc::clone(&service),
         events: rx,
@@ -104,7 +143,10 @@ pub fn start(
         chosen: Cell::new(active.is_some()),
         dns,
         notifier: notify::Notifier::start(notify::NOTIFY_TIME_LIMIT),
+        cluster,
+        watches,
     };
+    engine.share_view(&engine.service.snapshot());
     engine.publish_dns();
     engine.spawn_checks();
     tokio::spawn(engine.run());
@@ -127,20 +169,33 @@ struct Engine {
     dns: watch::Sender<Option<Publish>>,
     /// Runs `notify` for this service, one run at a time.
     notifier: notify::Notifier,
+    /// Cluster mode: the member this engine follows.
+    cluster: Option<ClusterLink>,
+    /// Cluster mode: what it watches (`None` once the member is gone).
+    watches: Option<ClusterWatches>,
 }
 
 impl Engine {
     async fn run(mut self) {
         let mut recheck: Option<Instant> = None;
         loop {
-            let event = tokio::select! {
-                event = self.events.recv() => event,
-                _ = wait_until(recheck) => None,
+            let wake = tokio::select! {
+                event = self.events.recv() => Wake::Event(event),
+                _ = wait_until(recheck) => Wake::Event(None),
+                alive = cluster_change(self.watches.as_mut()) => Wake::Cluster(alive),
                 _ = self.stop.cancelled() => break,
             };
-            recheck = match event {
-                Some(event) => self.handle(event),
-                None => self.evaluate(None),
+            recheck = match wake {
+                Wake::Event(Some(event)) => self.handle(event),
+                Wake::Event(None) => self.evaluate(None),
+                Wake::Cluster(alive) => {
+                    if !alive {
+                        // The member is gone (shutdown): keep the last state.
+                        self.watches = None;
+                    }
+                    self.follow();
+                    recheck
+                }
             };
         }
         self.checks.cancel();
@@ -190,6 +245,15 @@ impl Engine {
                 let _ = reply.send(known);
                 next
             }
+            Event::ClusterSwitched {
+                from,
+                to,
+                reason,
+                generation,
+            } => {
+                self.cluster_switched(from, to, reason, generation);
+                None
+            }
             Event::Reload { config, reply } => {
                 let next = self.reload(*config);
                 let _ = reply.send(());
@@ -214,6 +278,7 @@ impl Engine {
         };
         let first_pass = ok && !health.passed_a_check;
         health.passed_a_check |= ok;
+        health.has_result = true;
         if let Some(up) = health.hysteresis.record(ok, settings.rise, settings.fall) {
             self.flip(backend, health, up, SwitchReason::HealthCheck);
         }
@@ -224,6 +289,7 @@ impl Engine {
         let Ok(mut health) = backend.health.lock() else {
             return;
         };
+        health.has_result = true;
         if health.hysteresis.force_down() {
             self.flip(backend, health, false, SwitchReason::Passive);
         }
@@ -306,6 +372,11 @@ impl Engine {
         from: Option<String>,
         forced_reason: Option<SwitchReason>,
     ) -> Option<Instant> {
+        if self.cluster.is_some() {
+            // The decider decides; this instance only votes.
+            self.share_view(snapshot);
+            return None;
+        }
         let views = views(&snapshot.backends);
         let policy = Policy {
             failback: snapshot.settings.failback,
@@ -342,6 +413,7 @@ impl Engine {
             settings: Arc::clone(&old.settings),
             backends: old.backends.clone(),
             active,
+            mode: old.mode,
         }));
         set_active_gauges(&old.backends, active);
         self.publish_dns();
@@ -353,6 +425,12 @@ impl Engine {
     /// passed a check yet is not named: at start-up every backend is up by
     /// assumption, and a dead primary must not go into resolvers' caches.
     fn publish_dns(&self) {
+        if let Some(link) = &self.cluster
+            && !*link.handle.is_decider().borrow()
+        {
+            // In cluster mode only the decider publishes.
+            return;
+        }
         let snapshot = self.service.snapshot();
         let checked = |b: &&Arc<Backend>| b.health.lock().is_ok_and(|h| h.passed_a_check);
         let publish = snapshot.active_backend().filter(checked).and_then(|b| {
@@ -411,6 +489,7 @@ impl Engine {
                 from,
                 to,
                 reason: reason.as_str().to_owned(),
+                generation: None,
             });
         }
     }
@@ -455,6 +534,7 @@ impl Engine {
             settings: Arc::new(config.settings),
             backends,
             active: current,
+            mode: old.mode,
         });
         set_active_gauges(&next.backends, current);
         self.service.current.store(Arc::clone(&next));
@@ -485,7 +565,151 @@ impl Engine {
                 b.metrics.active.set(0.0);
             }
         }
+        // The agreed backend, by name, among the new backends.
+        self.follow();
         recheck
+    }
+
+    /// Cluster mode: hand this instance's view of the backends to the
+    /// member. A backend without a check result yet does not vote.
+    fn share_view(&self, snapshot: &Snapshot) {
+        let Some(link) = &self.cluster else {
+            return;
+        };
+        let seen: Vec<Seen> = snapshot
+            .backends
+            .iter()
+            .map(|b| {
+                if b.health.lock().is_ok_and(|h| h.has_result) {
+                    Seen::from(b.is_up())
+                } else {
+                    Seen::Unknown
+                }
+            })
+            .collect();
+        let name = &self.service.name;
+        link.local.send_if_modified(|view| {
+            if view.services.get(name) == Some(&seen) {
+                return false;
+            }
+            view.services.insert(name.clone(), seen);
+            true
+        });
+    }
+
+    /// Cluster mode: apply what the cluster says. Cut off from etcd under
+    /// `on_lost = "close"`: refuse clients and close every connection.
+    /// Otherwise: the agreed backend becomes the active one (connections
+    /// elsewhere closed under `on_switch = "close"`), then the generation
+    /// is acknowledged, so the decider's second step waits for this.
+    fn follow(&mut self) {
+        let (Some(link), Some(watches)) = (self.cluster.clone(), self.watches.as_mut()) else {
+            return;
+        };
+        let connected = *watches.connected.borrow_and_update();
+        watches.decider.borrow_and_update();
+        let agreed = watches.agreed.borrow_and_update().clone();
+        let snapshot = self.service.snapshot();
+        let name = self.service.name.clone();
+        if !connected && link.on_lost == OnLost::Close {
+            if snapshot.mode != Mode::Refusing {
+                tracing::warn!(
+                    service = %name,
+                    "cut off from the cluster for longer than ttl: refusing clients and closing connections (on_lost = \"close\")"
+                );
+                self.store(&snapshot, None, Mode::Refusing);
+                for b in &snapshot.backends {
+                    b.close_connections();
+                }
+            }
+            return;
+        }
+        let Some(agreed) = agreed else {
+            // Nothing agreed yet: clients are held.
+            return;
+        };
+        let active = agreed
+            .active
+            .as_ref()
+            .and_then(|a| snapshot.backends.iter().position(|b| &b.name == a));
+        let mode = Mode::Agreed {
+            generation: agreed.generation,
+        };
+        if snapshot.mode == Mode::Refusing {
+            info!(service = %name, generation = agreed.generation, "member of the cluster again, following the agreed backend");
+        }
+        if snapshot.mode != mode || snapshot.active != active {
+            let from = snapshot.active_backend().map(|b| b.name.clone());
+            self.store(&snapshot, active, mode);
+            if snapshot.active != active {
+                info!(
+                    service = %name,
+                    from = from.as_deref().unwrap_or(""),
+                    to = agreed.active.as_deref().unwrap_or(""),
+                    generation = agreed.generation,
+                    "agreed backend applied"
+                );
+                if snapshot.settings.on_switch == OnSwitch::Close {
+                    for (i, b) in snapshot.backends.iter().enumerate() {
+                        if Some(i) != active {
+                            b.close_connections();
+                        }
+                    }
+                }
+            }
+        }
+        self.publish_dns();
+        link.handle.applied(&name, agreed.generation);
+    }
+
+    /// Store a snapshot with this active backend and mode; wake held clients.
+    fn store(&self, old: &Snapshot, active: Option<usize>, mode: Mode) {
+        self.service.current.store(Arc::new(Snapshot {
+            settings: Arc::clone(&old.settings),
+            backends: old.backends.clone(),
+            active,
+            mode,
+        }));
+        set_active_gauges(&old.backends, active);
+        self.service.hold.wake();
+    }
+
+    /// Cluster mode, on the decider: a switch the cluster completed. Counted,
+    /// logged and passed to `notify` here, once for every instance.
+    fn cluster_switched(
+        &self,
+        from: Option<String>,
+        to: Option<String>,
+        reason: SwitchReason,
+        generation: u64,
+    ) {
+        metrics::counter!(
+            m::SWITCHES_TOTAL,
+            "service" => self.service.name.clone(),
+            "from" => from.clone().unwrap_or_default(),
+            "to" => to.clone().unwrap_or_default(),
+            "reason" => reason.as_str(),
+        )
+        .increment(1);
+        info!(
+            service = %self.service.name,
+            from = from.as_deref().unwrap_or(""),
+            to = to.as_deref().unwrap_or(""),
+            %reason,
+            generation,
+            "active backend switched"
+        );
+        let settings = Arc::clone(&self.service.snapshot().settings);
+        if !settings.notify.is_empty() {
+            self.notifier.notify(notify::Switch {
+                command: settings.notify.clone(),
+                service: self.service.name.clone(),
+                from,
+                to,
+                reason: reason.as_str().to_owned(),
+                generation: Some(generation),
+            });
+        }
     }
 
     fn spawn_checks(&self) {
@@ -499,6 +723,27 @@ impl Engine {
                 i as u64,
             ));
         }
+    }
+}
+
+/// What woke the engine.
+enum Wake {
+    /// An event, or `None`: the recheck time came.
+    Event(Option<Event>),
+    /// The cluster's state changed; `false`: the member is gone.
+    Cluster(bool),
+}
+
+/// Wait for any change of the cluster's state; `false` when the member
+/// stopped. Never returns without `watches`.
+async fn cluster_change(watches: Option<&mut ClusterWatches>) -> bool {
+    let Some(w) = watches else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        r = w.agreed.changed() => r.is_ok(),
+        r = w.connected.changed() => r.is_ok(),
+        r = w.decider.changed() => r.is_ok(),
     }
 }
 

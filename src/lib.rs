@@ -22,11 +22,11 @@
 //!          fdpass       listening sockets over a Unix socket (SCM_RIGHTS), for takeover
 //!          dns/         the RFC 2136 publisher (updates signed with TSIG)
 //! layer 3  service      Backend, Snapshot, Service (the ArcSwap), hold, engine events
+//!          cluster/     etcd v3 over its JSON gateway; the member and the decider
 //! layer 4  health/      the check loop and one probe per check kind (tcp, http, redis, postgres)
 //!          conn         one client connection: choose, connect (retry the next), hold, forward
 //! layer 5  engine       per-service failover engine, the only writer of a snapshot
 //!          listener     accept loops
-//!          cluster/     etcd v3 over its JSON gateway; the member and the decider
 //! layer 6  proxy        the running whole: start, reload, takeover, status, shutdown
 //!          workers      one single-threaded runtime per core for the data path
 //! layer 7  control      signals, control socket, ctl client

@@ -134,10 +134,6 @@ fn run(path: &Path, format: LogFormat) -> ExitCode {
         Ok(config) => config,
         Err(code) => return code,
     };
-    if let Err(err) = config.runnable() {
-        eprintln!("{err}");
-        return ExitCode::from(2);
-    }
     init_logging(format);
     let runtime = match runtime() {
         Ok(rt) => rt,

@@ -35,6 +35,8 @@ pub struct Switch {
     /// `None` when no backend is up.
     pub to: Option<String>,
     pub reason: String,
+    /// Cluster mode: the generation that completed the switch.
+    pub generation: Option<u64>,
 }
 
 /// One service's notify runs, one at a time and in order: a switch that
@@ -73,19 +75,23 @@ impl Notifier {
 /// `command[0]` is the program (looked up in `PATH`), the rest its
 /// arguments; no shell is involved. An empty `command` does nothing. The
 /// environment carries FAILOVERD_SERVICE, FAILOVERD_FROM, FAILOVERD_TO
-/// (empty when none) and FAILOVERD_REASON. stdin and stdout are
+/// (empty when none), FAILOVERD_REASON and, in cluster mode,
+/// FAILOVERD_GENERATION. stdin and stdout are
 /// `/dev/null`; the tail of stderr goes into the failure log line. At the
 /// limit its whole process group is killed.
 pub async fn run_logged(switch: &Switch, limit: Duration) {
     if switch.command.is_empty() {
         return;
     }
-    let env = [
+    let mut env = vec![
         ("FAILOVERD_SERVICE", switch.service.clone()),
         ("FAILOVERD_FROM", switch.from.clone().unwrap_or_default()),
         ("FAILOVERD_TO", switch.to.clone().unwrap_or_default()),
         ("FAILOVERD_REASON", switch.reason.clone()),
     ];
+    if let Some(generation) = switch.generation {
+        env.push(("FAILOVERD_GENERATION", generation.to_string()));
+    }
     if let Err(problem) = run(&switch.command, &env, limit).await {
         tracing::warn!(
             service = %switch.service,
@@ -113,6 +119,7 @@ fn spawn_notify(
         from: from.map(str::to_owned),
         to: to.map(str::to_owned),
         reason: reason.to_owned(),
+        generation: None,
     };
     tokio::spawn(async move { run_logged(&switch, limit).await })
 }
@@ -326,6 +333,7 @@ echo "start $FAILOVERD_TO" >> "$1/runs"; sleep 0.3; echo end >> "$1/runs"; rmdir
                 from: None,
                 to: Some(format!("b{i}")),
                 reason: "health_check".into(),
+                generation: None,
             });
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -18,12 +18,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::info;
 
+use crate::cluster::{self, Cluster, ClusterStatus, LocalView, ServiceSpec, SwitchEvent};
 use crate::config::{Config, ServiceConfig};
 use crate::dns::{self, DnsStatus, Publish, PublisherHandle};
-use crate::engine::{self, EngineHandle};
+use crate::engine::{self, ClusterLink, EngineHandle};
 use crate::listener;
 use crate::net;
-use crate::service::Event;
+use crate::service::{Event, Mode};
 
 /// A start-up failure other than a bad config (exit status 1).
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +34,15 @@ pub struct BindError {
     pub address: SocketAddr,
     /// In the message already, so not a `source` (the chain would repeat it).
     pub cause: io::Error,
+}
+
+/// Why the proxy did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    #[error("[cluster]: cannot start the member: {0}")]
+    Cluster(String),
 }
 
 struct Running {
@@ -65,20 +75,24 @@ pub struct Proxy {
     stop_accept: CancellationToken,
     /// Runtimes that run accept loops and connections, one per core.
     workers: Vec<Handle>,
+    /// Cluster mode: what every engine follows.
+    cluster: Option<ClusterLink>,
+    /// Cluster mode: the member itself, stopped (lease revoked) at shutdown.
+    member: std::sync::Mutex<Option<Cluster>>,
 }
 
 impl Proxy {
     /// Bind every listener, start engines and accept loops, all on the
     /// current runtime (tests, the demo).
-    pub async fn start(config: Config) -> Result<Arc<Proxy>, BindError> {
+    pub async fn start(config: Config) -> Result<Arc<Proxy>, StartError> {
         Proxy::start_on(config, vec![Handle::current()]).await
     }
 
     /// As [`Proxy::start`], with one accept loop per worker runtime, each on
     /// its own `SO_REUSEPORT` socket, so a connection lives on the worker
     /// that accepted it. Engines and checks run on the calling runtime.
-    pub async fn start_on(config: Config, workers: Vec<Handle>) -> Result<Arc<Proxy>, BindError> {
-        let proxy = Proxy {
+    pub async fn start_on(config: Config, workers: Vec<Handle>) -> Result<Arc<Proxy>, StartError> {
+        let mut proxy = Proxy {
             state: Mutex::new(State {
                 config: config.clone(),
                 services: Vec::new(),
@@ -87,6 +101,8 @@ impl Proxy {
             force_close: CancellationToken::new(),
             stop_accept: CancellationToken::new(),
             workers,
+            cluster: None,
+            member: std::sync::Mutex::new(None),
         };
         // Before any socket of ours exists, so only another process can
         // hold these addresses (SPEC.md: a second instance exits 1).
@@ -99,6 +115,19 @@ impl Proxy {
         for service in &config.services {
             sockets.push(proxy.bind(service)?);
         }
+        let mut switches = None;
+        if let Some(cluster_config) = &config.cluster {
+            let (local, view) = watch::channel(LocalView::default());
+            let (member, events) = cluster::start(cluster_config, specs(&config), view)
+                .map_err(|e| StartError::Cluster(e.to_string()))?;
+            proxy.cluster = Some(ClusterLink {
+                handle: member.handle(),
+                local,
+                on_lost: cluster_config.on_lost,
+            });
+            *proxy.member.lock().unwrap_or_else(|e| e.into_inner()) = Some(member);
+            switches = Some(events);
+        }
         let services = config
             .services
             .iter()
@@ -106,7 +135,11 @@ impl Proxy {
             .map(|(service, sockets)| proxy.start_service(service, sockets))
             .collect();
         proxy.state.lock().await.services = services;
-        Ok(Arc::new(proxy))
+        let proxy = Arc::new(proxy);
+        if let Some(events) = switches {
+            tokio::spawn(route_switches(Arc::downgrade(&proxy), events));
+        }
+        Ok(proxy)
     }
 
     /// The bound listen address of a service (tests use port 0).
@@ -128,8 +161,14 @@ impl Proxy {
     /// name and keep their engine (health state, connections); an unchanged
     /// listen address keeps its socket, a moved one gets new sockets. If a
     /// new address cannot be bound, nothing changes.
-    pub async fn reload(&self, config: Config) -> Result<(), BindError> {
+    pub async fn reload(&self, config: Config) -> Result<(), ReloadError> {
         let mut state = self.state.lock().await;
+        if config.cluster.is_some() != state.config.cluster.is_some() {
+            return Err(ReloadError::Cluster);
+        }
+        if config.cluster != state.config.cluster {
+            tracing::warn!("the [cluster] section changed; it takes effect at the next restart");
+        }
         // Bind every new or moved listener before starting anything: on a
         // failure the sockets bound so far close and nothing changes.
         let mut fresh: HashMap<String, Option<Sockets>> = HashMap::new();
@@ -191,6 +230,9 @@ impl Proxy {
             gone.stop_accept.cancel();
         }
         state.services = next;
+        if let Some(link) = &self.cluster {
+            link.handle.update_services(specs(&config));
+        }
         state.config = config;
         Ok(())
     }
@@ -208,6 +250,12 @@ impl Proxy {
             .iter()
             .find(|s| s.config.name == service)
             .ok_or_else(|| format!("unknown service \"{service}\""))?;
+        if let Some(link) = &self.cluster {
+            // Cluster-wide: the decider applies it (SPEC.md: Cluster).
+            let handle = link.handle.clone();
+            drop(state);
+            return handle.set_maintenance(service, backend, !enabled).await;
+        }
         let found = running
             .engine
             .request(|reply| Event::SetEnabled {
@@ -229,12 +277,14 @@ impl Proxy {
     /// The state `ctl status` shows.
     pub async fn status(&self) -> Status {
         let state = self.state.lock().await;
+        let cluster = self.cluster.as_ref().map(|link| &link.handle);
         let services = state
             .services
             .iter()
             .map(|running| {
                 let snapshot = running.engine.service.snapshot();
                 let active = snapshot.active_backend().map(|b| b.name.clone());
+                let disabled = cluster.map(|c| c.disabled(&running.config.name));
                 let backends = snapshot
                     .backends
                     .iter()
@@ -243,7 +293,10 @@ impl Proxy {
                         name: b.name.clone(),
                         address: b.address.to_string(),
                         state: if b.is_up() { "up" } else { "down" }.to_string(),
-                        enabled: b.is_enabled(),
+                        enabled: match &disabled {
+                            Some(disabled) => !disabled.contains(&b.name),
+                            None => b.is_enabled(),
+                        },
                         active: snapshot.active == Some(i),
                         consecutive_failures: b.consecutive_failures(),
                         connections: b.connections(),
@@ -254,6 +307,10 @@ impl Proxy {
                 ServiceStatus {
                     held: snapshot.settings.hold_timeout.map(|_| service.hold.held()),
                     dns: running.dns.as_ref().map(PublisherHandle::status),
+                    generation: match snapshot.mode {
+                        Mode::Agreed { generation } => Some(generation),
+                        Mode::Alone | Mode::Refusing => None,
+                    },
                     name: running.config.name.clone(),
                     listen: running.bound.map(|b| b.to_string()),
                     active,
@@ -261,7 +318,10 @@ impl Proxy {
                 }
             })
             .collect();
-        Status { services }
+        Status {
+            cluster: cluster.map(|c| c.status()),
+            services,
+        }
     }
 
     /// Graceful shutdown: stop accepting (new connects are refused at once),
@@ -288,6 +348,11 @@ impl Proxy {
         };
         for running in &self.state.lock().await.services {
             running.engine.stop();
+        }
+        // Leave the cluster: revoking the lease lets the others move on at once.
+        let member = self.member.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(member) = member {
+            member.stop().await;
         }
         forced
     }
@@ -332,7 +397,7 @@ impl Proxy {
     /// its accept loops on the workers.
     fn start_service(&self, config: &ServiceConfig, sockets: Option<Sockets>) -> Running {
         let (decided, dns_decisions) = watch::channel(None);
-        let engine = engine::start(config, &self.force_close, decided);
+        let engine = engine::start(config, &self.force_close, decided, self.cluster.clone());
         let dns = start_publisher(config, &dns_decisions);
         let stop_accept = self.stop_accept.child_token();
         let bound = match sockets {
@@ -393,6 +458,50 @@ impl Proxy {
     }
 }
 
+/// Why a reload was not applied (the running config stays).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    #[error("[cluster] can be added or removed only by a restart")]
+    Cluster,
+}
+
+/// The services as the cluster sees them.
+fn specs(config: &Config) -> Vec<ServiceSpec> {
+    config
+        .services
+        .iter()
+        .map(ServiceSpec::from_config)
+        .collect()
+}
+
+/// Hand each switch the cluster completed (this instance is the decider)
+/// to its service's engine, which counts it and runs `notify`.
+async fn route_switches(
+    proxy: std::sync::Weak<Proxy>,
+    mut events: tokio::sync::mpsc::UnboundedReceiver<SwitchEvent>,
+) {
+    while let Some(event) = events.recv().await {
+        let Some(proxy) = proxy.upgrade() else {
+            return;
+        };
+        let state = proxy.state.lock().await;
+        if let Some(running) = state
+            .services
+            .iter()
+            .find(|r| r.config.name == event.service)
+        {
+            let _ = running.engine.service.events.send(Event::ClusterSwitched {
+                from: event.from,
+                to: event.to,
+                reason: event.reason,
+                generation: event.generation,
+            });
+        }
+    }
+}
+
 /// Refuse a listen address another process serves (see `net::probe_unused`).
 fn probe(config: &ServiceConfig) -> Result<(), BindError> {
     let Some(listen) = config.listen else {
@@ -437,6 +546,9 @@ fn start_publisher(
 /// `ctl status --json`, as in SPEC.md.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct Status {
+    /// With `[cluster]`: this member, the decider and the members.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterStatus>,
     pub services: Vec<ServiceStatus>,
 }
 
@@ -453,6 +565,9 @@ pub struct ServiceStatus {
     /// With `[service.dns]`: what the record holds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns: Option<DnsStatus>,
+    /// With `[cluster]`: the generation of the agreed backend applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]

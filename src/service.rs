@@ -75,6 +75,10 @@ pub(crate) struct Health {
     /// may DNS name it: a backend that is up by assumption at start-up may
     /// be dead, and resolvers would cache its address for the whole TTL.
     pub passed_a_check: bool,
+    /// A check or passive detection has given a result since this backend
+    /// was created: only then does it vote in a cluster (before, its state
+    /// is an assumption).
+    pub has_result: bool,
 }
 
 /// Metric handles resolved once per backend.
@@ -164,6 +168,7 @@ impl Backend {
                 last_change: now,
                 down_reason: SwitchReason::HealthCheck,
                 passed_a_check: false,
+                has_result: false,
             }),
             metrics,
         }
@@ -315,6 +320,28 @@ pub struct Snapshot {
     pub backends: Vec<Arc<Backend>>,
     /// Index into `backends` of the active backend; `None` when none is up.
     pub active: Option<usize>,
+    /// Who chose `active`: this instance alone, or the cluster.
+    pub mode: Mode,
+}
+
+/// How the active backend is chosen (SPEC.md: Cluster).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// This instance decides alone, and a failed connect tries the others.
+    #[default]
+    Alone,
+    /// A cluster member: `active` is the agreed backend of `generation`
+    /// (`None`: hold new clients) and no other backend is ever tried.
+    Agreed { generation: u64 },
+    /// A cluster member cut off from etcd for longer than `ttl` with
+    /// `on_lost = "close"`: every client is refused.
+    Refusing,
+}
+
+impl Mode {
+    pub fn is_cluster(self) -> bool {
+        self != Mode::Alone
+    }
 }
 
 impl Snapshot {
@@ -327,15 +354,26 @@ impl Snapshot {
     /// then the down ones — but never a down one whose role-aware check
     /// failed (a standby accepts connections and must not take the
     /// traffic). Disabled backends are never tried.
+    ///
+    /// In cluster mode only the agreed backend is tried, and none while
+    /// refusing (SPEC.md: Cluster).
     pub fn connect_order(&self) -> impl Iterator<Item = &Arc<Backend>> {
         let active = self.active;
-        let last_resort = !self.settings.check.is_role_aware();
-        let first = self.active_backend().filter(|b| b.is_enabled());
+        let alone = self.mode == Mode::Alone;
+        let last_resort = alone && !self.settings.check.is_role_aware();
+        let first = match self.mode {
+            Mode::Alone => self.active_backend().filter(|b| b.is_enabled()),
+            // Maintenance is cluster-wide: the decider has applied it.
+            Mode::Agreed { .. } => self.active_backend(),
+            Mode::Refusing => None,
+        };
         let others = |want_up: bool| {
             self.backends
                 .iter()
                 .enumerate()
-                .filter(move |(i, b)| Some(*i) != active && b.is_enabled() && b.is_up() == want_up)
+                .filter(move |(i, b)| {
+                    alone && Some(*i) != active && b.is_enabled() && b.is_up() == want_up
+                })
                 .map(|(_, b)| b)
         };
         let down = others(false).filter(move |_| last_resort);
@@ -526,6 +564,14 @@ pub enum Event {
         enabled: bool,
         reply: oneshot::Sender<bool>,
     },
+    /// Cluster mode, on the decider only: the cluster completed a switch
+    /// of this service (count it, log it, run `notify` once for all).
+    ClusterSwitched {
+        from: Option<String>,
+        to: Option<String>,
+        reason: SwitchReason,
+        generation: u64,
+    },
     /// Apply a new config of this service (same name).
     Reload {
         config: Box<ServiceConfig>,
@@ -559,6 +605,7 @@ mod tests {
             settings: Arc::new(Settings::default()),
             backends,
             active,
+            mode: Mode::Alone,
         }
     }
 
@@ -585,6 +632,7 @@ mod tests {
             settings: Arc::clone(&old.settings),
             backends: old.backends.clone(),
             active: Some(active),
+            mode: Mode::Alone,
         }));
         for (i, b) in old.backends.iter().enumerate() {
             if i != active {
@@ -614,6 +662,7 @@ mod tests {
             settings: Arc::clone(&old.settings),
             backends: old.backends.clone(),
             active: Some(1),
+            mode: Mode::Alone,
         }));
         assert!(svc.register(&chosen, &chosen.backends[0]).is_none());
     }

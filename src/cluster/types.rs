@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{Failback, ServiceConfig};
 use crate::policy::SwitchReason;
@@ -83,7 +83,7 @@ pub struct SwitchEvent {
 }
 
 /// The `cluster` object of `ctl status --json`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterStatus {
     /// This instance's member name.
     pub name: String,

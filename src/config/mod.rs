@@ -42,24 +42,6 @@ pub struct Config {
     pub services: Vec<ServiceConfig>,
 }
 
-impl Config {
-    /// Whether `run` (and a reload) can apply this config: everything that
-    /// validates does, except `[cluster]`, which is parsed and checked but
-    /// not yet run by the proxy. Refusing it beats running a lone instance
-    /// its operator believes is coordinated with the others.
-    pub fn runnable(&self) -> Result<(), String> {
-        match &self.cluster {
-            Some(_) => Err(format!(
-                "{}: [cluster]: cluster mode is not available in `run` yet (the config is valid, \
-                 but this build does not coordinate instances through etcd); remove [cluster] \
-                 to run this instance on its own",
-                self.path.display()
-            )),
-            None => Ok(()),
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq)]
 pub struct Admin {
     /// Prometheus scrape address; `None` = no metrics listener.

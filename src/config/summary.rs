@@ -37,8 +37,7 @@ impl Config {
             };
             writeln!(
                 out,
-                "cluster: member \"{}\", prefix {}, ttl {}, on_lost {on_lost}, etcd {} \
-                 (valid, but `run` refuses it: cluster mode is not available yet)",
+                "cluster: member \"{}\", prefix {}, ttl {}, on_lost {on_lost}, etcd {}",
                 c.name,
                 c.prefix,
                 format_duration(c.ttl),
