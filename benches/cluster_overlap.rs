@@ -4,9 +4,9 @@
 //! it still accepts connections, and a client hits every instance every
 //! 20 ms. Per run it counts the client connections that reached the old
 //! primary after the first one reached the backup, how long the instances
-//! disagreed (from the first instance whose `failoverd_backend_active`
-//! shows the backup to the last), and the time from the primary failing to
-//! every instance on the backup.
+//! disagreed (some instance's `failoverd_backend_active` still on the
+//! primary while another's is on the backup, scraped every 2 ms), and the
+//! time from the primary failing to every instance on the backup.
 //!
 //! Run: `cargo bench --bench cluster_overlap` (5 runs per mode) or
 //! `cargo bench --bench cluster_overlap -- --quick` (1 run; the CI smoke).
@@ -130,20 +130,27 @@ async fn one_run(setup: Setup, etcd: &Etcd, prefix: &str) -> Figures {
     let start_at = Instant::now();
     let failing_at = start_at + BEFORE;
     let done = Arc::new(AtomicBool::new(false));
-    // When each instance first shows the backup active.
+    // When each instance stops showing the primary active, and when it
+    // first shows the backup active.
     let watchers: Vec<_> = metrics
         .iter()
         .map(|&addr| {
             let done = Arc::clone(&done);
             tokio::spawn(async move {
-                while !done.load(Ordering::SeqCst) {
+                let (mut off, mut on) = (None, None);
+                while !done.load(Ordering::SeqCst) && on.is_none() {
                     let scrape = scrape(addr).await;
-                    if scrape.sum("failoverd_backend_active", &[("backend", "backup")]) == 1.0 {
-                        return Some(Instant::now());
+                    let active = |b: &str| scrape.sum("failoverd_backend_active", &[("backend", b)]);
+                    let now = Instant::now();
+                    if off.is_none() && now > failing_at && active("primary") == 0.0 {
+                        off = Some(now);
+                    }
+                    if active("backup") == 1.0 {
+                        on = Some(now);
                     }
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
-                None
+                (off, on)
             })
         })
         .collect();
@@ -165,12 +172,13 @@ async fn one_run(setup: Setup, etcd: &Etcd, prefix: &str) -> Figures {
         answers.push(done.expect("client"));
     }
     done.store(true, Ordering::SeqCst);
-    let mut switched = Vec::new();
+    let (mut offs, mut ons) = (Vec::new(), Vec::new());
     for w in watchers {
-        if let Some(at) = w.await.expect("watcher") {
-            switched.push(at);
-        }
+        let (off, on) = w.await.expect("watcher");
+        offs.extend(off);
+        ons.extend(on);
     }
+    let switched = ons.clone();
     let failed = answers.iter().filter(|(r, _)| r.is_err()).count() + (count - switched.len());
     let first_backup = answers
         .iter()
@@ -183,15 +191,20 @@ async fn one_run(setup: Setup, etcd: &Etcd, prefix: &str) -> Figures {
             .filter(|(r, at)| r.as_deref() == Ok("primary") && *at > first)
             .count()
     });
-    let (first, last) = (switched.iter().min(), switched.iter().max());
+    // Some instance still on the primary while another is on the backup:
+    // from the first backup-on to the last primary-off.
+    let disagreed = match (ons.iter().min(), offs.iter().max()) {
+        (Some(first_on), Some(last_off)) => last_off.saturating_duration_since(*first_on),
+        _ => Duration::ZERO,
+    };
     Figures {
         late,
         failed,
-        disagreed: match (first, last) {
-            (Some(a), Some(b)) => b.duration_since(*a),
-            _ => Duration::ZERO,
-        },
-        all_on_backup: last.map_or(Duration::ZERO, |l| l.duration_since(failing_at)),
+        disagreed,
+        all_on_backup: switched
+            .iter()
+            .max()
+            .map_or(Duration::ZERO, |l| l.duration_since(failing_at)),
     }
 }
 
