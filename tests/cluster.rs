@@ -431,3 +431,41 @@ async fn killing_the_etcd_leader_of_three_changes_nothing_visible() {
     })
     .await;
 }
+
+/// `ctl disable` on a member that is not the decider applies cluster-wide:
+/// every instance moves to the backup and shows the primary disabled;
+/// `ctl enable` brings them all back (failback auto).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_disable_on_any_member_applies_cluster_wide() {
+    within(90, async {
+        let etcd = Etcd::start().await;
+        let primary = TestBackend::start("primary", Mode::Status).await;
+        let backup = TestBackend::start("backup", Mode::Status).await;
+        let backends = [("primary", primary.addr), ("backup", backup.addr)];
+        let dir = TempDir::new("cluster-maintenance");
+        let notify_log = dir.path("notify.log");
+        let px1 = start(&etcd, "/maint", &member("px1", &backends), &notify_log).await;
+        let px2 = start(&etcd, "/maint", &member("px2", &backends), &notify_log).await;
+        let all = [&px1, &px2];
+        let (_, decider) = agreed_on(&all, "primary", Duration::from_secs(15)).await;
+        let other = if decider == "px1" { &px2 } else { &px1 };
+        let out = other.ctl(&["disable", "svc", "primary"]).await;
+        assert_eq!(out.code, Some(0), "{out:?}");
+        agreed_on(&all, "backup", Duration::from_secs(10)).await;
+        for p in all {
+            let status = p.status_json().await;
+            assert_eq!(
+                status["services"][0]["backends"][0]["enabled"], false,
+                "{status}"
+            );
+        }
+        let out = other.ctl(&["enable", "svc", "primary"]).await;
+        assert_eq!(out.code, Some(0), "{out:?}");
+        agreed_on(&all, "primary", Duration::from_secs(10)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let lines = notify_lines(&notify_log);
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(lines.iter().all(|l| l.starts_with(&decider)), "{lines:?}");
+    })
+    .await;
+}
