@@ -631,9 +631,12 @@ fn example_config_is_valid() {
         Some(PathBuf::from("/run/failoverd/failoverd.sock"))
     );
     let services: Vec<_> = c.services.iter().map(|s| s.name.as_str()).collect();
-    assert_eq!(services, ["db", "web"]);
+    assert_eq!(services, ["db", "web", "cache"]);
     let db = &c.services[0];
     assert!(db.freebind);
+    assert_eq!(db.settings.check, CheckKind::Postgres);
+    assert_eq!(db.settings.hold_timeout, Some(Duration::from_secs(5)));
+    assert_eq!(c.services[2].settings.check, CheckKind::Redis);
     assert_eq!(
         db.listen,
         Some("10.0.0.100:5432".parse::<SocketAddr>().unwrap())
