@@ -27,6 +27,7 @@ use tracing::{info, warn};
 
 use crate::config;
 use crate::conncap::{Admitted, ConnectionCap};
+use crate::fdpass;
 use crate::metrics as m;
 use crate::proxy::{Proxy, Status};
 
@@ -35,9 +36,18 @@ use crate::proxy::{Proxy, Status};
 #[serde(tag = "cmd", rename_all = "lowercase")]
 pub enum Request {
     Status,
-    Disable { service: String, backend: String },
-    Enable { service: String, backend: String },
+    Disable {
+        service: String,
+        backend: String,
+    },
+    Enable {
+        service: String,
+        backend: String,
+    },
     Reload,
+    /// `run --takeover`: hand the listening sockets and the health state
+    /// over this connection (`fdpass` frame), wait for `ready`, then retire.
+    Takeover,
 }
 
 /// The answer to a request.
@@ -121,6 +131,7 @@ pub async fn run_signals(
             _ = signals.hup.recv() => { let _ = reload(&proxy).await; }
             _ = signals.term.recv() => break,
             _ = signals.int.recv() => break,
+            _ = proxy.retired().cancelled() => break,
         }
     }
     info!(
@@ -214,6 +225,8 @@ pub async fn serve(
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = stop.cancelled() => break,
+            // Taken over: the file is the new process's now.
+            _ = proxy.retired().cancelled() => return,
         };
         match accepted {
             Ok((stream, _)) => {
@@ -260,6 +273,12 @@ async fn answer(stream: UnixStream, proxy: Arc<Proxy>, admitted: Admitted) {
                 true,
             ),
             Ok(Ok(LineEnd::Line(line))) => match serde_json::from_slice::<Request>(&line) {
+                Ok(Request::Takeover) => {
+                    if let Ok(stream) = reader.into_inner().reunite(write) {
+                        hand_over(stream, &proxy).await;
+                    }
+                    return;
+                }
                 Ok(request) => (execute(&proxy, request).await, false),
                 Err(err) => (Response::error(format!("bad request: {err}")), false),
             },
@@ -297,6 +316,148 @@ async fn read_line(reader: &mut BufReader<OwnedReadHalf>) -> io::Result<LineEnd>
     }
 }
 
+/// How long the old process waits for the new one to say it accepts.
+pub const TAKEOVER_READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// The largest takeover payload the new process reads.
+const TAKEOVER_MAX_PAYLOAD: usize = 1024 * 1024;
+
+/// The old side of a takeover: send every listening socket and the state,
+/// wait until the new process accepts on them, then remove the control
+/// socket file (the new process binds its own) and retire: stop
+/// accepting, drain as on SIGTERM, exit 0. If the new process goes away
+/// first, nothing changes here.
+async fn hand_over(mut stream: UnixStream, proxy: &Proxy) {
+    let config = proxy.config().await;
+    if config.cluster.is_some() {
+        let _ = stream
+            .write_all(b"{\"ok\":false,\"error\":\"takeover is not available in cluster mode\"}\n")
+            .await;
+        return;
+    }
+    let (handover, fds) = proxy.handover().await;
+    let payload = match serde_json::to_vec(&handover) {
+        Ok(payload) => payload,
+        Err(err) => {
+            warn!(error = %err, "takeover: cannot encode the state");
+            return;
+        }
+    };
+    let borrowed: Vec<_> = fds.iter().map(std::os::fd::AsFd::as_fd).collect();
+    if let Err(err) = fdpass::send_fds(&stream, &payload, &borrowed).await {
+        warn!(error = %err, "takeover: cannot hand the sockets over; serving on");
+        return;
+    }
+    let sockets = borrowed.len();
+    drop(borrowed);
+    drop(fds);
+    info!(
+        sockets,
+        "takeover: sockets and state handed over, waiting for the new process"
+    );
+    let mut line = Vec::new();
+    let ready = tokio::time::timeout(TAKEOVER_READY_TIMEOUT, async {
+        let mut byte = [0u8; 1];
+        while line.len() < 64 {
+            match stream.read(&mut byte).await {
+                Ok(1) if byte[0] == b'\n' => return line == b"ready",
+                Ok(1) => line.push(byte[0]),
+                _ => return false,
+            }
+        }
+        false
+    })
+    .await;
+    if !matches!(ready, Ok(true)) {
+        warn!("takeover: the new process did not take over; serving on");
+        return;
+    }
+    if let Some(path) = &config.admin.socket {
+        let _ = std::fs::remove_file(path);
+    }
+    proxy.retire();
+    info!("taken over by a new process: no new connections here, draining");
+    let _ = stream.write_all(b"{\"ok\":true}\n").await;
+}
+
+/// The new side of a takeover, step 1: ask the instance on `path` for its
+/// sockets and state. `None` when nothing runs there (no socket file, or
+/// nobody listening on it).
+pub async fn take_over(path: &Path) -> io::Result<Option<(crate::proxy::Inherited, UnixStream)>> {
+    let mut stream = match UnixStream::connect(path).await {
+        Ok(stream) => stream,
+        Err(err)
+            if matches!(
+                err.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Ok(None);
+        }
+        Err(err) => return Err(err),
+    };
+    stream.write_all(b"{\"cmd\":\"takeover\"}\n").await?;
+    let (payload, fds) = tokio::time::timeout(
+        CTL_TIMEOUT,
+        fdpass::recv_fds(&stream, TAKEOVER_MAX_PAYLOAD, fdpass::MAX_FDS_PER_FRAME),
+    )
+    .await
+    .map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the running instance did not hand over its sockets within 10 s",
+        )
+    })??;
+    let handover: crate::proxy::Handover = serde_json::from_slice(&payload)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("takeover state: {e}")))?;
+    let wanted =
+        handover.services.iter().map(|s| s.sockets).sum::<usize>() + usize::from(handover.metrics);
+    if wanted != fds.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "takeover: {} sockets announced, {} received",
+                wanted,
+                fds.len()
+            ),
+        ));
+    }
+    let mut fds = fds.into_iter().map(std::net::TcpListener::from);
+    let mut inherited = crate::proxy::Inherited::default();
+    for service in handover.services {
+        let sockets: Vec<_> = fds.by_ref().take(service.sockets).collect();
+        inherited.services.push((service, sockets));
+    }
+    inherited.metrics = fds.next();
+    Ok(Some((inherited, stream)))
+}
+
+/// The new side of a takeover, step 2: this process accepts on the
+/// sockets now; tell the old one, and wait until it has retired and
+/// removed its control socket file.
+pub async fn finish_takeover(mut stream: UnixStream) -> io::Result<()> {
+    stream.write_all(b"ready\n").await?;
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    tokio::time::timeout(CTL_TIMEOUT, reader.read_line(&mut line))
+        .await
+        .map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the old instance did not confirm the takeover",
+            )
+        })??;
+    match serde_json::from_str::<Response>(line.trim()) {
+        Ok(r) if r.ok => Ok(()),
+        Ok(r) => Err(io::Error::other(
+            r.error.unwrap_or_else(|| "refused".into()),
+        )),
+        Err(e) => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("takeover answer: {e}"),
+        )),
+    }
+}
+
 async fn execute(proxy: &Proxy, request: Request) -> Response {
     match request {
         Request::Status => Response {
@@ -307,6 +468,7 @@ async fn execute(proxy: &Proxy, request: Request) -> Response {
             set_enabled(proxy, &service, &backend, false).await
         }
         Request::Enable { service, backend } => set_enabled(proxy, &service, &backend, true).await,
+        Request::Takeover => Response::error("takeover is answered on its own connection".into()),
         Request::Reload => match reload(proxy).await {
             Ok(()) => Response::ok(),
             Err(err) => Response::error(err),

@@ -35,7 +35,9 @@ use crate::metrics as m;
 use crate::notify;
 use crate::policy::{self, BackendView, Cause, Policy, SwitchReason};
 use crate::ratelimit::LogLimit;
-use crate::service::{Backend, Event, Health, Hold, Mode, Rejected, Service, Snapshot};
+use crate::service::{
+    Backend, Event, HandedService, Health, Hold, Mode, Rejected, Service, Snapshot,
+};
 
 /// A running engine: the service it steers and how to stop it.
 pub struct EngineHandle {
@@ -84,12 +86,15 @@ struct ClusterWatches {
 /// `dns` receives the address to publish after every change of the active
 /// backend (the DNS publisher follows it).
 /// With `cluster`, the engine follows the cluster (see the module doc)
-/// and new clients are held until a state is agreed.
+/// and new clients are held until a state is agreed. With `handed` (a
+/// takeover), backends of the same name and address keep the health the
+/// previous process saw, and its active backend stays active.
 pub fn start(
     config: &ServiceConfig,
     force_close: &CancellationToken,
     dns: watch::Sender<Option<Publish>>,
     cluster: Option<ClusterLink>,
+    handed: Option<&HandedService>,
 ) -> EngineHandle {
     let backends: Vec<Arc<Backend>> = config
         .backends
@@ -103,9 +108,30 @@ pub fn start(
             ))
         })
         .collect();
+    let mut handed_active = None;
+    if let Some(handed) = handed {
+        for b in &backends {
+            let address = b.address.to_string();
+            if let Some(h) = handed
+                .backends
+                .iter()
+                .find(|h| h.name == b.name && h.address == address)
+            {
+                b.restore(h);
+            }
+        }
+        handed_active = handed
+            .active
+            .as_ref()
+            .and_then(|name| backends.iter().position(|b| &b.name == name))
+            .filter(|&i| backends[i].is_up() && backends[i].is_enabled());
+    }
     let views = views(&backends);
     let (active, mode) = match cluster {
-        None => (policy::initial(&views), Mode::Alone),
+        None => (
+            handed_active.or_else(|| policy::initial(&views)),
+            Mode::Alone,
+        ),
         Some(_) => (None, Mode::Agreed { generation: 0 }),
     };
     set_active_gauges(&backends, active);

@@ -33,6 +33,10 @@ enum Command {
         config: PathBuf,
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
+        /// Take over from the instance running on admin.socket: its
+        /// listening sockets and health state, then it drains and exits.
+        #[arg(long)]
+        takeover: bool,
     },
     /// Validate the config and print a summary; binds nothing.
     Check {
@@ -78,7 +82,11 @@ enum LogFormat {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { config, log_format } => run(&config, log_format),
+        Command::Run {
+            config,
+            log_format,
+            takeover,
+        } => run(&config, log_format, takeover),
         Command::Check { config } => check(&config),
         Command::Ctl {
             config,
@@ -129,7 +137,7 @@ fn check(path: &Path) -> ExitCode {
     }
 }
 
-fn run(path: &Path, format: LogFormat) -> ExitCode {
+fn run(path: &Path, format: LogFormat, takeover: bool) -> ExitCode {
     let config = match load_or_report(path) {
         Ok(config) => config,
         Err(code) => return code,
@@ -142,7 +150,7 @@ fn run(path: &Path, format: LogFormat) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(serve(config)) {
+    match runtime.block_on(serve(config, takeover)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!("{err:#}");
@@ -152,17 +160,37 @@ fn run(path: &Path, format: LogFormat) -> ExitCode {
     }
 }
 
-/// Start everything the config asks for, then wait for SIGTERM/SIGINT.
-async fn serve(config: Config) -> anyhow::Result<()> {
+/// Start everything the config asks for, then wait for SIGTERM/SIGINT
+/// (or, after a takeover by a newer process, drain and end).
+async fn serve(config: Config, takeover: bool) -> anyhow::Result<()> {
     use anyhow::Context;
     let signals = control::Signals::install().context("cannot install signal handlers")?;
     let stop = CancellationToken::new();
+    let taken = if takeover {
+        take_over(&config).await?
+    } else {
+        None
+    };
+    let (inherited, handover) = match taken {
+        Some((inherited, stream)) => (inherited, Some(stream)),
+        None => (Default::default(), None),
+    };
+    let mut inherited: failoverd::proxy::Inherited = inherited;
     let handle = failoverd::metrics::install().map_err(anyhow::Error::msg)?;
+    let mut metrics_listener = None;
     if let Some(addr) = config.admin.metrics {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("admin.metrics: cannot listen on {addr}"))?;
+        let listener = match inherited.metrics.take() {
+            Some(std_listener) => {
+                std_listener.set_nonblocking(true)?;
+                tokio::net::TcpListener::from_std(std_listener)
+                    .context("admin.metrics: the socket handed over")?
+            }
+            None => tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("admin.metrics: cannot listen on {addr}"))?,
+        };
         tracing::info!(address = %listener.local_addr()?, "metrics listening");
+        metrics_listener = listener_dup(&listener);
         tokio::spawn(failoverd::metrics::serve(listener, handle, stop.clone()));
     }
     // Present from the start, so an alert on reload errors has a series.
@@ -172,26 +200,46 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     metrics::gauge!(failoverd::metrics::CONFIG_LAST_RELOAD_SUCCESSFUL).set(1.0);
     let admin = config.admin.clone();
-    let socket = match &admin.socket {
-        Some(path) => Some((
+    // A takeover binds the control socket once the old process let go of it.
+    let socket = match (&admin.socket, &handover) {
+        (Some(path), None) => Some((
             control::bind(path)
                 .await
                 .with_context(|| format!("admin.socket: cannot create {}", path.display()))?,
             path.clone(),
         )),
-        None => None,
+        _ => None,
     };
     let workers =
         Workers::start(Workers::default_count()).context("cannot start worker threads")?;
-    let proxy: Arc<Proxy> = match Proxy::start_on(config, workers.handles()).await {
-        Ok(proxy) => proxy,
-        Err(err) => {
-            // Do not leave the socket file of a failed start behind.
-            if let Some((_, path)) = &socket {
-                let _ = std::fs::remove_file(path);
+    let proxy: Arc<Proxy> =
+        match Proxy::start_inheriting(config, workers.handles(), inherited).await {
+            Ok(proxy) => proxy,
+            Err(err) => {
+                // Do not leave the socket file of a failed start behind.
+                if let Some((_, path)) = &socket {
+                    let _ = std::fs::remove_file(path);
+                }
+                return Err(err.into());
             }
-            return Err(err.into());
+        };
+    if let Some(listener) = metrics_listener {
+        proxy.keep_metrics_listener(listener);
+    }
+    let socket = match (handover, &admin.socket) {
+        (Some(stream), Some(path)) => {
+            control::finish_takeover(stream)
+                .await
+                .context("takeover: the old instance did not let go")?;
+            tracing::info!("took over: the old instance drains and exits");
+            Some((
+                control::bind(path)
+                    .await
+                    .with_context(|| format!("admin.socket: cannot create {}", path.display()))?,
+                path.clone(),
+            ))
         }
+        _ => socket,
     };
     if let Some((listener, path)) = socket {
         tokio::spawn(control::serve(
@@ -205,10 +253,43 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     stop.cancel();
     // Let the control socket task remove its file.
     tokio::task::yield_now().await;
-    if let Some(path) = &admin.socket {
+    if let (Some(path), false) = (&admin.socket, proxy.retired().is_cancelled()) {
         let _ = std::fs::remove_file(path);
     }
     Ok(())
+}
+
+/// `run --takeover`: the sockets and state of the instance on
+/// `admin.socket`, or `None` (a plain start) when nothing runs there.
+async fn take_over(
+    config: &Config,
+) -> anyhow::Result<Option<(failoverd::proxy::Inherited, tokio::net::UnixStream)>> {
+    use anyhow::Context;
+    if config.cluster.is_some() {
+        anyhow::bail!(
+            "--takeover is not available with [cluster]: stop this instance and start the new one (the other members keep the cluster's state meanwhile)"
+        );
+    }
+    let Some(path) = &config.admin.socket else {
+        anyhow::bail!(
+            "--takeover needs admin.socket: the running instance hands its sockets over its control socket"
+        );
+    };
+    let taken = control::take_over(path)
+        .await
+        .with_context(|| format!("takeover from the instance on {}", path.display()))?;
+    if taken.is_none() {
+        tracing::info!(socket = %path.display(), "--takeover: nothing runs there, starting as a plain run");
+    }
+    Ok(taken)
+}
+
+/// A duplicate of a listener's socket (for a later takeover).
+fn listener_dup(listener: &tokio::net::TcpListener) -> Option<std::net::TcpListener> {
+    let fd = std::os::fd::AsFd::as_fd(listener)
+        .try_clone_to_owned()
+        .ok()?;
+    Some(std::net::TcpListener::from(fd))
 }
 
 fn ctl(config: Option<PathBuf>, socket: Option<PathBuf>, action: CtlAction) -> ExitCode {

@@ -24,7 +24,7 @@ use crate::dns::{self, DnsStatus, Publish, PublisherHandle};
 use crate::engine::{self, ClusterLink, EngineHandle};
 use crate::listener;
 use crate::net;
-use crate::service::{Event, Mode};
+use crate::service::{Event, HandedService, Mode};
 
 /// A start-up failure other than a bad config (exit status 1).
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +56,48 @@ struct Running {
     dns_decisions: watch::Receiver<Option<Publish>>,
     /// The DNS publisher, with `[service.dns]`.
     dns: Option<PublisherHandle>,
+    /// Duplicates of the listening sockets the accept loops own, for a
+    /// takeover to hand over (closed with the listener).
+    listen_fds: Vec<std::net::TcpListener>,
+}
+
+/// What a takeover received from the previous process: per service its
+/// state and its listening sockets, and the metrics listener.
+#[derive(Debug, Default)]
+pub struct Inherited {
+    pub services: Vec<(HandedService, Vec<std::net::TcpListener>)>,
+    pub metrics: Option<std::net::TcpListener>,
+}
+
+/// The payload of the takeover frame; the descriptors follow in this
+/// order: every service's sockets, then the metrics listener if `metrics`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Handover {
+    pub services: Vec<HandedService>,
+    pub metrics: bool,
+}
+
+impl Inherited {
+    /// The handed state and sockets of `service` if its listen address is
+    /// the one they are bound to.
+    fn take(&mut self, service: &ServiceConfig) -> Option<(HandedService, Option<Sockets>)> {
+        let pos = self
+            .services
+            .iter()
+            .position(|(h, _)| h.name == service.name)?;
+        let (handed, sockets) = self.services.swap_remove(pos);
+        let same = match (service.listen, handed.listen) {
+            (Some(want), Some(have)) => {
+                want == have || (want.port() == 0 && want.ip() == have.ip())
+            }
+            _ => false,
+        };
+        let sockets = match (same, handed.listen) {
+            (true, Some(addr)) if !sockets.is_empty() => Some(Sockets { addr, sockets }),
+            _ => None,
+        };
+        Some((handed, sockets))
+    }
 }
 
 struct State {
@@ -79,6 +121,11 @@ pub struct Proxy {
     cluster: Option<ClusterLink>,
     /// Cluster mode: the member itself, stopped (lease revoked) at shutdown.
     member: std::sync::Mutex<Option<Cluster>>,
+    /// Cancelled when a takeover completed: this process stops accepting
+    /// and drains as on SIGTERM.
+    retire: CancellationToken,
+    /// A duplicate of the metrics listener, for a takeover to hand over.
+    metrics_listener: std::sync::Mutex<Option<std::net::TcpListener>>,
 }
 
 impl Proxy {
@@ -92,6 +139,18 @@ impl Proxy {
     /// its own `SO_REUSEPORT` socket, so a connection lives on the worker
     /// that accepted it. Engines and checks run on the calling runtime.
     pub async fn start_on(config: Config, workers: Vec<Handle>) -> Result<Arc<Proxy>, StartError> {
+        Proxy::start_inheriting(config, workers, Inherited::default()).await
+    }
+
+    /// As [`Proxy::start_on`], taking over the listening sockets and the
+    /// health state a previous process handed over (`run --takeover`):
+    /// services whose listen address is unchanged accept on the very
+    /// sockets it used, so no client connect is refused in between.
+    pub async fn start_inheriting(
+        config: Config,
+        workers: Vec<Handle>,
+        mut inherited: Inherited,
+    ) -> Result<Arc<Proxy>, StartError> {
         let mut proxy = Proxy {
             state: Mutex::new(State {
                 config: config.clone(),
@@ -103,17 +162,34 @@ impl Proxy {
             workers,
             cluster: None,
             member: std::sync::Mutex::new(None),
+            retire: CancellationToken::new(),
+            metrics_listener: std::sync::Mutex::new(None),
         };
+        let handed: Vec<Option<(HandedService, Option<Sockets>)>> =
+            config.services.iter().map(|s| inherited.take(s)).collect();
         // Before any socket of ours exists, so only another process can
-        // hold these addresses (SPEC.md: a second instance exits 1).
-        for service in &config.services {
-            probe(service)?;
+        // hold these addresses (SPEC.md: a second instance exits 1); an
+        // inherited socket is ours.
+        for (service, handed) in config.services.iter().zip(&handed) {
+            if !matches!(handed, Some((_, Some(_)))) {
+                probe(service)?;
+            }
         }
         // Bind everything before starting anything: a failure leaves
         // nothing running.
         let mut sockets = Vec::with_capacity(config.services.len());
-        for service in &config.services {
-            sockets.push(proxy.bind(service)?);
+        let mut states = Vec::with_capacity(config.services.len());
+        for (service, handed) in config.services.iter().zip(handed) {
+            match handed {
+                Some((state, Some(inherited))) => {
+                    sockets.push(Some(inherited));
+                    states.push(Some(state));
+                }
+                other => {
+                    sockets.push(proxy.bind(service)?);
+                    states.push(other.map(|(state, _)| state));
+                }
+            }
         }
         let mut switches = None;
         if let Some(cluster_config) = &config.cluster {
@@ -132,7 +208,10 @@ impl Proxy {
             .services
             .iter()
             .zip(sockets)
-            .map(|(service, sockets)| proxy.start_service(service, sockets))
+            .zip(states)
+            .map(|((service, sockets), state)| {
+                proxy.start_service(service, sockets, state.as_ref())
+            })
             .collect();
         proxy.state.lock().await.services = services;
         let proxy = Arc::new(proxy);
@@ -198,7 +277,7 @@ impl Proxy {
         for service in &config.services {
             let Some(pos) = old.iter().position(|r| r.config.name == service.name) else {
                 let sockets = fresh.remove(&service.name).flatten();
-                next.push(self.start_service(service, sockets));
+                next.push(self.start_service(service, sockets, None));
                 continue;
             };
             // A service keeps its engine, so its health state and the close
@@ -361,6 +440,61 @@ impl Proxy {
     pub fn open_connections(&self) -> usize {
         self.connections.len()
     }
+
+    /// What a takeover hands to the next process: every listening socket
+    /// (duplicates; this process keeps serving until [`Proxy::retire`]) and
+    /// the state of every service.
+    pub async fn handover(&self) -> (Handover, Vec<std::net::TcpListener>) {
+        let state = self.state.lock().await;
+        let mut services = Vec::new();
+        let mut fds = Vec::new();
+        for running in &state.services {
+            let snapshot = running.engine.service.snapshot();
+            let dups: Vec<std::net::TcpListener> = running
+                .listen_fds
+                .iter()
+                .filter_map(|s| s.try_clone().ok())
+                .collect();
+            services.push(HandedService {
+                name: running.config.name.clone(),
+                listen: running.bound,
+                sockets: dups.len(),
+                active: snapshot.active_backend().map(|b| b.name.clone()),
+                backends: snapshot.backends.iter().map(|b| b.handed()).collect(),
+            });
+            fds.extend(dups);
+        }
+        let metrics = self
+            .metrics_listener
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .and_then(|l| l.try_clone().ok());
+        let handover = Handover {
+            services,
+            metrics: metrics.is_some(),
+        };
+        fds.extend(metrics);
+        (handover, fds)
+    }
+
+    /// Keep a duplicate of the metrics listener, so a takeover hands it on.
+    pub fn keep_metrics_listener(&self, listener: std::net::TcpListener) {
+        *self
+            .metrics_listener
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(listener);
+    }
+
+    /// A takeover completed: stop accepting and drain (`run` then exits 0).
+    pub fn retire(&self) {
+        self.retire.cancel();
+    }
+
+    /// Cancelled once this process handed over to another.
+    pub fn retired(&self) -> &CancellationToken {
+        &self.retire
+    }
 }
 
 /// A service's listening sockets, one per worker: bound and listening
@@ -395,13 +529,27 @@ impl Proxy {
 
     /// Start a service's engine on this runtime and, on its bound sockets,
     /// its accept loops on the workers.
-    fn start_service(&self, config: &ServiceConfig, sockets: Option<Sockets>) -> Running {
+    fn start_service(
+        &self,
+        config: &ServiceConfig,
+        sockets: Option<Sockets>,
+        handed: Option<&HandedService>,
+    ) -> Running {
         let (decided, dns_decisions) = watch::channel(None);
-        let engine = engine::start(config, &self.force_close, decided, self.cluster.clone());
+        let engine = engine::start(
+            config,
+            &self.force_close,
+            decided,
+            self.cluster.clone(),
+            handed,
+        );
         let dns = start_publisher(config, &dns_decisions);
         let stop_accept = self.stop_accept.child_token();
+        let mut listen_fds = Vec::new();
         let bound = match sockets {
-            Some(sockets) => Some(self.accept_on(config, sockets, &engine, &stop_accept)),
+            Some(sockets) => {
+                Some(self.accept_on(config, sockets, &engine, &stop_accept, &mut listen_fds))
+            }
             None => {
                 // DNS failover only: checks and the engine, no listener.
                 info!(service = %config.name, "monitoring only (no listen address)");
@@ -415,6 +563,7 @@ impl Proxy {
             stop_accept,
             dns_decisions,
             dns,
+            listen_fds,
         }
     }
 
@@ -428,7 +577,10 @@ impl Proxy {
         sockets: Option<Sockets>,
     ) {
         let stop = self.stop_accept.child_token();
-        let bound = sockets.map(|s| self.accept_on(config, s, &running.engine, &stop));
+        let mut listen_fds = Vec::new();
+        let bound =
+            sockets.map(|s| self.accept_on(config, s, &running.engine, &stop, &mut listen_fds));
+        running.listen_fds = listen_fds;
         running.stop_accept.cancel();
         running.stop_accept = stop;
         if let Some(listen) = running.bound {
@@ -437,15 +589,24 @@ impl Proxy {
         running.bound = bound;
     }
 
-    /// One accept loop per worker on `sockets`, until `stop` fires.
+    /// One accept loop per socket, spread over the workers, until `stop`
+    /// fires; a duplicate of each socket goes into `keep` (for a takeover).
     fn accept_on(
         &self,
         config: &ServiceConfig,
         sockets: Sockets,
         engine: &EngineHandle,
         stop: &CancellationToken,
+        keep: &mut Vec<std::net::TcpListener>,
     ) -> SocketAddr {
-        for (socket, worker) in sockets.sockets.into_iter().zip(&self.workers) {
+        for (i, socket) in sockets.sockets.into_iter().enumerate() {
+            match socket.try_clone() {
+                Ok(dup) => keep.push(dup),
+                Err(err) => {
+                    tracing::warn!(service = %config.name, error = %err, "cannot keep a listening socket for a takeover")
+                }
+            }
+            let worker = &self.workers[i % self.workers.len()];
             worker.spawn(listener::accept_loop(
                 socket,
                 Arc::clone(&engine.service),

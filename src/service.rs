@@ -174,6 +174,46 @@ impl Backend {
         }
     }
 
+    /// This backend's health as a takeover hands it to the next process.
+    pub fn handed(&self) -> HandedBackend {
+        let (passed_a_check, has_result) = self
+            .health
+            .lock()
+            .map(|h| (h.passed_a_check, h.has_result))
+            .unwrap_or((false, false));
+        HandedBackend {
+            name: self.name.clone(),
+            address: self.address.to_string(),
+            up: self.is_up(),
+            enabled: self.is_enabled(),
+            passed_a_check,
+            has_result,
+        }
+    }
+
+    /// Take the health the previous process handed over (`run --takeover`):
+    /// up or down as it saw it, so an upgrade causes no failover. Rise and
+    /// fall count from here.
+    pub fn restore(&self, handed: &HandedBackend) {
+        if let Ok(mut health) = self.health.lock() {
+            health.hysteresis = if handed.up {
+                Hysteresis::new_up()
+            } else {
+                Hysteresis {
+                    up: false,
+                    consecutive_ok: 0,
+                    consecutive_fail: 0,
+                    awaiting_first: false,
+                }
+            };
+            health.up_since = handed.up.then(Instant::now);
+            health.passed_a_check = handed.passed_a_check;
+            health.has_result = handed.has_result;
+        }
+        self.set_up(handed.up);
+        self.set_enabled(handed.enabled);
+    }
+
     /// Why the last health check failed; `None` once one passed.
     pub fn last_check_error(&self) -> Option<String> {
         self.last_check_error.load().as_deref().cloned()
@@ -311,6 +351,30 @@ impl Drop for ConnectionGuard {
         self.0.connections.fetch_sub(1, Ordering::Relaxed);
         self.0.metrics.connections_active.decrement(1.0);
     }
+}
+
+/// One backend's health, as `run --takeover` carries it to the next
+/// process (matched there by name and address).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HandedBackend {
+    pub name: String,
+    pub address: String,
+    pub up: bool,
+    pub enabled: bool,
+    pub passed_a_check: bool,
+    pub has_result: bool,
+}
+
+/// One service's state, as `run --takeover` carries it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HandedService {
+    pub name: String,
+    /// The bound listen address of the sockets that come with it.
+    pub listen: Option<std::net::SocketAddr>,
+    /// How many of the frame's descriptors are this service's sockets.
+    pub sockets: usize,
+    pub active: Option<String>,
+    pub backends: Vec<HandedBackend>,
 }
 
 /// What the data path needs, swapped whole by the engine.
