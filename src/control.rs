@@ -107,6 +107,7 @@ pub struct Signals {
     hup: tokio::signal::unix::Signal,
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
+    usr2: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -116,11 +117,14 @@ impl Signals {
             hup: signal(SignalKind::hangup())?,
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
+            usr2: signal(SignalKind::user_defined2())?,
         })
     }
 }
 
-/// Wait for signals: SIGHUP reloads; SIGTERM/SIGINT drains and returns.
+/// Wait for signals: SIGHUP reloads; SIGUSR2 starts the binary at this
+/// process's path again with `--takeover` (the upgrade: it takes the
+/// sockets over and this process retires); SIGTERM/SIGINT drains and returns.
 pub async fn run_signals(
     mut signals: Signals,
     proxy: Arc<Proxy>,
@@ -131,6 +135,7 @@ pub async fn run_signals(
             _ = signals.hup.recv() => { let _ = reload(&proxy).await; }
             _ = signals.term.recv() => break,
             _ = signals.int.recv() => break,
+            _ = signals.usr2.recv() => start_successor(),
             _ = proxy.retired().cancelled() => break,
         }
     }
@@ -140,6 +145,39 @@ pub async fn run_signals(
     );
     let forced = proxy.shutdown(shutdown_timeout).await;
     info!(closed_by_force = forced, "shutdown complete");
+}
+
+/// SIGUSR2: run the binary found at this process's `argv[0]` (the new
+/// one, after an upgrade replaced the file) with this process's arguments
+/// plus `--takeover`. Its output goes where this process's goes; its exit
+/// is reaped and logged.
+fn start_successor() {
+    let mut args = std::env::args_os();
+    let Some(program) = args.next() else {
+        warn!("SIGUSR2: no argv[0] to start again");
+        return;
+    };
+    let mut args: Vec<_> = args.collect();
+    if !args.iter().any(|a| a == "--takeover") {
+        args.push("--takeover".into());
+    }
+    info!(program = %program.to_string_lossy(), "SIGUSR2: starting the successor with --takeover");
+    match tokio::process::Command::new(&program)
+        .args(&args)
+        .stdin(std::process::Stdio::null())
+        .spawn()
+    {
+        Ok(mut child) => {
+            tokio::spawn(async move {
+                match child.wait().await {
+                    Ok(status) if status.success() => {}
+                    Ok(status) => warn!(%status, "the successor started by SIGUSR2 exited"),
+                    Err(err) => warn!(error = %err, "waiting for the successor failed"),
+                }
+            });
+        }
+        Err(err) => warn!(error = %err, "SIGUSR2: cannot start the successor"),
+    }
 }
 
 /// Longest request line the control socket reads; a longer one is

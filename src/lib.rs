@@ -20,6 +20,7 @@
 //!          notify       the switch hook command
 //!          proxy_header PROXY protocol v1/v2: encode, and read exactly the header
 //!          fdpass       listening sockets over a Unix socket (SCM_RIGHTS), for takeover
+//!          sdnotify     systemd's READY=1 / MAINPID= datagram
 //!          dns/         the RFC 2136 publisher (updates signed with TSIG)
 //! layer 3  service      Backend, Snapshot, Service (the ArcSwap), hold, engine events
 //!          cluster/     etcd v3 over its JSON gateway; the member and the decider
@@ -58,6 +59,7 @@ pub mod policy;
 pub mod proxy;
 pub mod proxy_header;
 mod ratelimit;
+pub mod sdnotify;
 mod service;
 pub mod workers;
 // The front door: PROXY protocol, allow-list, descriptor passing for takeover.

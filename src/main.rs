@@ -228,6 +228,9 @@ async fn serve(config: Config, takeover: bool) -> anyhow::Result<()> {
     }
     let socket = match (handover, &admin.socket) {
         (Some(stream), Some(path)) => {
+            // Before the old process can exit: systemd (NotifyAccess=all)
+            // then follows this process as the unit's main one.
+            failoverd::sdnotify::ready();
             control::finish_takeover(stream)
                 .await
                 .context("takeover: the old instance did not let go")?;
@@ -241,6 +244,7 @@ async fn serve(config: Config, takeover: bool) -> anyhow::Result<()> {
         }
         _ => socket,
     };
+    failoverd::sdnotify::ready();
     if let Some((listener, path)) = socket {
         tokio::spawn(control::serve(
             listener,

@@ -409,9 +409,11 @@ impl Proxy {
     pub async fn shutdown(&self, timeout: Duration) -> usize {
         // Every service's accept loop watches a child of this token.
         self.stop_accept.cancel();
-        // Held clients have no backend to finish with: close them now.
-        for running in &self.state.lock().await.services {
+        // Held clients have no backend to finish with: close them now. The
+        // sockets kept for a takeover close too, so new connects are refused.
+        for running in self.state.lock().await.services.iter_mut() {
             running.engine.service.hold.close_all();
+            running.listen_fds.clear();
         }
         self.connections.close();
         let drained = tokio::time::timeout(timeout, self.connections.wait())

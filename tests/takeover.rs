@@ -141,6 +141,58 @@ async fn takeover_under_load_refuses_nothing_and_keeps_health() {
     .await;
 }
 
+/// SIGUSR2 is the upgrade in one step: the running instance starts the
+/// binary at its own path with `--takeover`; the successor takes over and
+/// the old one exits 0, with clients served throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr2_starts_the_successor_which_takes_over() {
+    within(60, async {
+        let backend = TestBackend::start("backend", Mode::Greet).await;
+        let mut old = Failoverd::start("takeover-usr2", |layout| {
+            layout
+                .config(layout.service().backend("backend", backend.addr))
+                .to_string()
+        })
+        .await;
+        let listen = old.listen();
+        let config = old.layout().config_arg().to_string();
+        let old_pid = old.pid();
+        old.signal(Signal::Usr2);
+        let code = old.wait_exit(Duration::from_secs(20)).await;
+        let successor = successor_of(&config, old_pid);
+        let _guard = successor.map(KillPid);
+        assert_eq!(code, Some(0), "{}", old.log());
+        assert!(successor.is_some(), "no successor runs:\n{}", old.log());
+        assert_eq!(answer(listen).await.unwrap(), "backend");
+        assert!(old.log().contains("took over"), "{}", old.log());
+    })
+    .await;
+}
+
+/// The pid of a `failoverd run --takeover` on `config` other than `not`.
+fn successor_of(config: &str, not: u32) -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            let has = |want: &str| args.contains(&want.as_bytes());
+            (pid != not && has(config) && has("--takeover")).then_some(pid)
+        })
+}
+
+struct KillPid(u32);
+
+impl Drop for KillPid {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", &self.0.to_string()])
+            .status();
+    }
+}
+
 /// `--takeover` with nothing running on the socket starts as a plain run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn takeover_with_nothing_running_starts_plainly() {

@@ -171,6 +171,7 @@ pub enum Signal {
     Int,
     Term,
     Kill,
+    Usr2,
 }
 
 impl Signal {
@@ -180,6 +181,7 @@ impl Signal {
             Signal::Int => "INT",
             Signal::Term => "TERM",
             Signal::Kill => "KILL",
+            Signal::Usr2 => "USR2",
         }
     }
 }
