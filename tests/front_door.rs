@@ -9,6 +9,8 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::*;
@@ -31,19 +33,32 @@ struct Seen {
 /// to EOF, answers with the SHA-256 of the rest and reports client
 /// connections on the channel.
 async fn header_backend() -> (SocketAddr, mpsc::UnboundedReceiver<Seen>) {
+    let (addr, rx, _) = header_backend_counting_local().await;
+    (addr, rx)
+}
+
+/// As [`header_backend`], also counting the connections that started with
+/// a `LOCAL` header (failoverd's health checks).
+async fn header_backend_counting_local()
+-> (SocketAddr, mpsc::UnboundedReceiver<Seen>, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (tx, rx) = mpsc::unbounded_channel();
+    let locals = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&locals);
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
             let tx = tx.clone();
+            let counted = Arc::clone(&counted);
             tokio::spawn(async move {
                 let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
                 let Ok(header) = proxy_header::read_header(&stream, deadline).await else {
                     return;
                 };
                 let (Some(source), Some(destination)) = (header.source, header.destination) else {
-                    return; // a health check's LOCAL header
+                    // A health check's LOCAL header.
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    return;
                 };
                 let (hash, len) = read_hashed(&mut stream).await;
                 let _ = stream.write_all(&hash).await;
@@ -56,7 +71,7 @@ async fn header_backend() -> (SocketAddr, mpsc::UnboundedReceiver<Seen>) {
             });
         }
     });
-    (addr, rx)
+    (addr, rx, locals)
 }
 
 /// Send `prefix` then `data` through `listen`, half-close, read the
@@ -97,7 +112,7 @@ async fn rejected(proxy: &Failoverd, reason: &str) -> f64 {
 async fn send_proxy_names_the_client_before_its_bytes_v1_and_v2() {
     within(60, async {
         for version in ["v1", "v2"] {
-            let (backend, mut seen) = header_backend().await;
+            let (backend, mut seen, locals) = header_backend_counting_local().await;
             let proxy = Failoverd::start(&format!("send-proxy-{version}"), |layout| {
                 layout
                     .config(service(layout, backend).set("send_proxy", version))
@@ -127,6 +142,14 @@ async fn send_proxy_names_the_client_before_its_bytes_v1_and_v2() {
             );
             assert_eq!(got.len, data.len());
             assert_eq!(got.hash, sha256(&data));
+            // Health checks start with a LOCAL header (v1: PROXY UNKNOWN).
+            eventually(Duration::from_secs(5), "a LOCAL health check", || async {
+                match locals.load(Ordering::SeqCst) {
+                    0 => Err(0),
+                    n => Ok(n),
+                }
+            })
+            .await;
         }
     })
     .await;
@@ -289,6 +312,85 @@ async fn allow_without_accept_proxy_judges_the_connection_address() {
             .await;
         assert_eq!(out.code, Some(0), "{out:?}");
         assert_eq!(who_answers(proxy.listen()).await.unwrap(), "backend");
+    })
+    .await;
+}
+
+/// A header split over two sends (the second 50 ms later), then 1 MiB:
+/// the client is taken from the header and every byte after it arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_header_then_one_mib_arrive_intact() {
+    within(60, async {
+        let (backend, mut seen) = header_backend().await;
+        let proxy = Failoverd::start("split-header", |layout| {
+            layout
+                .config(
+                    service(layout, backend)
+                        .set("accept_proxy", true)
+                        .set("send_proxy", "v2"),
+                )
+                .to_string()
+        })
+        .await;
+        let listen = proxy.listen();
+        let data = random_bytes(1024 * 1024, 11);
+        for version in [Version::V1, Version::V2] {
+            let real: SocketAddr = "198.51.100.20:3333".parse().unwrap();
+            let header = proxy_header::encode(version, real, listen);
+            let (first, second) = header.split_at(header.len() / 2);
+            let mut stream = TcpStream::connect(listen).await.expect("connect");
+            stream.write_all(first).await.expect("first half");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            stream.write_all(second).await.expect("second half");
+            stream.write_all(&data).await.expect("data");
+            stream.shutdown().await.expect("shutdown");
+            let mut hash = [0u8; 32];
+            stream.read_exact(&mut hash).await.expect("hash");
+            assert_eq!(hash, sha256(&data), "{version:?}");
+            let got = seen.recv().await.expect("seen");
+            assert_eq!((got.source, got.len), (real, data.len()), "{version:?}");
+        }
+    })
+    .await;
+}
+
+/// On loopback, 127.0.0.2 is another client address: `allow` tells them
+/// apart by the connection's own source address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_tells_loopback_addresses_apart() {
+    within(30, async {
+        let backend = TestBackend::start("backend", Mode::Greet).await;
+        let proxy = Failoverd::start("allow-loopback", |layout| {
+            layout
+                .config(
+                    layout
+                        .service()
+                        .set("allow", ["127.0.0.2/32"])
+                        .backend("backend", backend.addr),
+                )
+                .to_string()
+        })
+        .await;
+        let from = |ip: &str| {
+            let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+            socket
+                .bind(format!("{ip}:0").parse().unwrap())
+                .expect("bind source");
+            socket
+        };
+        let mut allowed = from("127.0.0.2")
+            .connect(proxy.listen())
+            .await
+            .expect("connect");
+        assert_eq!(read_line(&mut allowed).await.unwrap(), "backend");
+        let mut denied = from("127.0.0.1")
+            .connect(proxy.listen())
+            .await
+            .expect("connect");
+        assert!(
+            read_line(&mut denied).await.is_err(),
+            "127.0.0.1 was served"
+        );
     })
     .await;
 }
