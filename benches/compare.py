@@ -272,6 +272,10 @@ class Target:
     zero_copy: bool = True
     nbthread: int = 0
     cpus: str | None = None  # taskset -c list
+    # failoverd `send_proxy`: its HTTP service then goes to nginx's
+    # `proxy_protocol` port; iperf3 and the idle holder cannot take the
+    # header, so those sections are skipped for it.
+    send_proxy: str | None = None
     doc: str = ""
 
 
@@ -293,6 +297,13 @@ TARGETS = [
         cpus="0",
         doc="failoverd splice under `taskset -c 0` (1 tokio worker)",
     ),
+    Target(
+        "fo-splice-pp2",
+        "failoverd",
+        zero_copy=True,
+        send_proxy="v2",
+        doc="failoverd splice with `send_proxy = \"v2\"` to nginx `listen ... proxy_protocol` (HTTP sections only)",
+    ),
     Target("hap-nb2", "haproxy", nbthread=2, doc="HAProxy mode tcp, option splice-auto, nbthread 2"),
     Target("hap-nb1-1cpu", "haproxy", nbthread=1, cpus="0", doc="HAProxy as above, nbthread 1, under `taskset -c 0`"),
 ]
@@ -304,6 +315,7 @@ RATIOS = [
     ("fo-splice", "hap-nb2"),
     ("fo-copy", "hap-nb2"),
     ("fo-splice-1cpu", "hap-nb1-1cpu"),
+    ("fo-splice-pp2", "fo-splice"),
 ]
 
 
@@ -312,6 +324,7 @@ class Backends:
     iperf: int
     http: int
     hold: int
+    http_pp: int = 0  # nginx behind `proxy_protocol`
 
 
 @dataclass
@@ -385,14 +398,17 @@ class Proxy:
         self.log = d / "proxy.log"
         if target.kind == "failoverd":
             cfg = d / "failoverd.toml"
+            http_backend = be.http_pp if target.send_proxy else be.http
+            extra = {"send_proxy": f'"{target.send_proxy}"'} if target.send_proxy else {}
             cfg.write_text(
                 failoverd_config(
                     [
                         ("iperf", self.iperf, [("b", be.iperf)]),
-                        ("http", self.http, [("b", be.http)]),
+                        ("http", self.http, [("b", http_backend)]),
                         ("hold", self.hold, [("b", be.hold)]),
                     ],
-                    {
+                    extra
+                    | {
                         # One round of checks at start-up, then none: a check
                         # connection arriving while iperf3 sets up its data
                         # streams could be taken for one. HAProxy gets no
@@ -444,14 +460,15 @@ class Proxy:
 
 
 def start_backends(ctx: Ctx) -> None:
-    iperf, http, hold = free_ports(3)
-    ctx.backends = Backends(iperf, http, hold)
+    iperf, http, hold, http_pp = free_ports(4)
+    ctx.backends = Backends(iperf, http, hold, http_pp)
     ensure_iperf_server(ctx)
 
     prefix = ctx.tmp / "nginx"
     (prefix / "www").mkdir(parents=True)
     (prefix / "tmp").mkdir()
     (prefix / "www" / "small.txt").write_bytes(b"x" * (ctx.args.http_bytes - 1) + b"\n")
+    (prefix / "www" / "bulk.bin").write_bytes(os.urandom(BULK_BYTES))
     conf = prefix / "nginx.conf"
     conf.write_text(
         f"""daemon off;
@@ -471,6 +488,10 @@ http {{
     scgi_temp_path {prefix}/tmp/scgi;
     server {{
         listen 127.0.0.1:{http} backlog=4096;
+        root {prefix}/www;
+    }}
+    server {{
+        listen 127.0.0.1:{http_pp} backlog=4096 proxy_protocol;
         root {prefix}/www;
     }}
 }}
@@ -555,6 +576,25 @@ def run_wrk(ctx: Ctx, proxy: Proxy, label: str, close: bool) -> dict[str, float]
         f"p99_{label}": parse_latency(*p99.groups()),
         f"err_{label}": float(errors),
     }
+
+
+# The file `run_bulk` fetches: large enough that the transfer, not the
+# request, is what is measured.
+BULK_BYTES = 16 * 1024 * 1024
+
+
+def run_bulk(ctx: Ctx, proxy: Proxy) -> dict[str, float]:
+    """HTTP bulk throughput: wrk fetching a 16 MiB file over 2 keep-alive
+    connections, in Gbit/s (the bulk path for a target iperf3 cannot use)."""
+    a = ctx.args
+    cmd = ["wrk", "-t1", "-c2", f"-d{a.duration}s", f"http://127.0.0.1:{proxy.http}/bulk.bin"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=a.duration + 60)
+    proxy.alive()
+    m = re.search(r"Transfer/sec:\s+([\d.]+)([KMG]?B)", res.stdout)
+    if res.returncode != 0 or not m:
+        raise RuntimeError(f"wrk bulk failed (exit {res.returncode}): {res.stdout[-800:]}{res.stderr[-500:]}")
+    scale = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}[m.group(2)]
+    return {"bulk": float(m.group(1)) * scale * 8 / 1e9}
 
 
 def run_idle(ctx: Ctx, proxy: Proxy) -> dict[str, float]:
@@ -750,6 +790,7 @@ METRICS = [
     ("thr_1", "iperf3 1 stream", "Gbit/s", "higher", "{:.2f}"),
     ("thr_R", "iperf3 1 stream -R", "Gbit/s", "higher", "{:.2f}"),
     ("thr_P4", "iperf3 -P 4", "Gbit/s", "higher", "{:.2f}"),
+    ("bulk", "HTTP bulk (16 MiB file, 2 conns)", "Gbit/s", "higher", "{:.2f}"),
     ("cpu_1", "proxy CPU, 1 stream", "s/GB", "lower", "{:.3f}"),
     ("cpu_R", "proxy CPU, -R", "s/GB", "lower", "{:.3f}"),
     ("cpu_P4", "proxy CPU, -P 4", "s/GB", "lower", "{:.3f}"),
@@ -766,6 +807,7 @@ METRICS = [
     ("idle_failed", "idle connections that failed", "count", "lower", "{:.0f}"),
 ]
 RATIO_METRICS = {
+    "bulk",
     "thr_1",
     "thr_R",
     "thr_P4",
@@ -1014,9 +1056,11 @@ def run(ctx: Ctx, targets: list[Target], sections: set[str], scenarios: list[Sce
                 ctx.notes.append(f"rep {rep + 1} {t.name}: start failed: {e}")
                 continue
             steps = []
-            if "idle" in sections and t.kind != "direct":
+            if "idle" in sections and t.kind != "direct" and not t.send_proxy:
                 steps.append(("idle", lambda p=proxy: run_idle(ctx, p)))
             if "throughput" in sections:
+                steps.append(("http bulk", lambda p=proxy: run_bulk(ctx, p)))
+            if "throughput" in sections and not t.send_proxy:
                 steps += [
                     (f"iperf3 {lab}", lambda p=proxy, lab=lab, ex=ex: run_iperf(ctx, p, lab, ex))
                     for lab, ex in IPERF_RUNS
