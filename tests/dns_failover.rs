@@ -904,3 +904,85 @@ async fn check_rejects_each_bad_dns_setting_with_exit_2_naming_the_key() {
     })
     .await;
 }
+
+// ---------------------------------------------------------------------------
+// Cluster mode.
+
+/// Two cluster members with the same `[service.dns]`: the record follows
+/// the agreed backend, and only the decider sends updates (the other
+/// member counts none, and shows nothing published).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_cluster_mode_only_the_decider_publishes() {
+    within(90, async {
+        let named = Named::start("hmac-sha256").await;
+        let etcd = common::etcd::Etcd::start().await;
+        let mut primary = backend_on("primary", "127.0.0.11").await;
+        let backup = backend_on("backup", "127.0.0.12").await;
+        let name = record("cluster");
+        let service = svc(&[("primary", primary.addr), ("backup", backup.addr)])
+            .merge(&quick_checks())
+            .set("hold_timeout", "5s")
+            .dns(dns(&named, "cluster", "5s"));
+        let mut members = Vec::new();
+        for member in ["px1", "px2"] {
+            let endpoints = etcd.endpoints();
+            members.push(
+                Failoverd::start(&format!("dns-{member}"), |layout| {
+                    layout
+                        .config(service.clone().listen(layout.listen))
+                        .cluster(
+                            Table::new()
+                                .set("name", member)
+                                .set("etcd", endpoints.clone())
+                                .set("prefix", "/dns-cluster")
+                                .set("ttl", "2s"),
+                        )
+                        .to_string()
+                })
+                .await,
+            );
+        }
+        let seen = Seen::default();
+        wait_record(&named, &name, ip("127.0.0.11"), LIMIT, &seen).await;
+        let decider = eventually(LIMIT, "a decider", || async {
+            let status = members[0].status_json().await;
+            status["cluster"]["decider"]
+                .as_str()
+                .map(str::to_string)
+                .ok_or(status)
+        })
+        .await;
+        primary.stop();
+        let (_, took) = wait_record(&named, &name, ip("127.0.0.12"), LIMIT, &seen).await;
+        println!(
+            "cluster: record on the backup {} ms after the primary stopped",
+            ms(took)
+        );
+        for (member, proxy) in ["px1", "px2"].iter().zip(&members) {
+            let scrape = proxy.metrics().await;
+            let ok = updates(&scrape, "svc", "ok");
+            let status = proxy.status_json().await;
+            if *member == decider {
+                assert!(ok >= 2.0, "{member} (decider) sent {ok} updates");
+                assert_eq!(status["services"][0]["dns"]["published"], "127.0.0.12");
+            } else {
+                assert_eq!(ok, 0.0, "{member} is not the decider but published");
+                assert!(
+                    status["services"][0]["dns"]["published"].is_null(),
+                    "{status}"
+                );
+            }
+        }
+        let history: Vec<String> = seen
+            .list()
+            .into_iter()
+            .skip_while(|line| line == "nothing")
+            .collect();
+        assert_eq!(
+            history,
+            vec!["A 127.0.0.11 ttl 5", "A 127.0.0.12 ttl 5"],
+            "the record went straight from the primary to the backup"
+        );
+    })
+    .await;
+}
