@@ -890,22 +890,32 @@ def report(ctx: Ctx, targets: list[Target], data: dict, fo: dict, started: float
                 continue
             out.append(f"| {label} | {unit} | {better} | " + " | ".join(cells) + " |")
         pairs = [(x, y) for (x, y) in RATIOS if x in data and y in data]
+        # failoverd at its defaults against HAProxy at its best thread count
+        # in this run (the better of the HAProxy targets, metric by metric).
+        haps = [t.name for t in targets if t.kind == "haproxy" and t.name in data]
+        best_col = "fo-splice" in data and len(haps) > 1
         rows = []
-        if pairs:
-            for key, label, _unit, _better, _spec in METRICS:
+        if pairs or best_col:
+            for key, label, _unit, better, _spec in METRICS:
                 if key not in RATIO_METRICS:
                     continue
                 cells = []
                 for x, y in pairs:
                     vx, vy = med(data[x].get(key, [])), med(data[y].get(key, []))
                     cells.append("–" if vx is None or not vy else f"{vx / vy:.2f}")
+                if best_col:
+                    vals = [v for v in (med(data[h].get(key, [])) for h in haps) if v]
+                    vx = med(data["fo-splice"].get(key, []))
+                    best = (max if better == "higher" else min)(vals) if vals else None
+                    cells.append("–" if vx is None or not best else f"{vx / best:.2f}")
                 if all(c == "–" for c in cells):
                     continue
                 rows.append(f"| {label} | " + " | ".join(cells) + " |")
         if rows:
             out += ["", "## Ratios (median / median; > 1 is better for rates, < 1 for CPU, latency, memory)", ""]
-            out.append("| metric | " + " | ".join(f"{x} / {y}" for x, y in pairs) + " |")
-            out.append("|---|" + "---:|" * len(pairs))
+            heads = [f"{x} / {y}" for x, y in pairs] + (["fo-splice / best HAProxy"] if best_col else [])
+            out.append("| metric | " + " | ".join(heads) + " |")
+            out.append("|---|" + "---:|" * len(heads))
             out += rows
     if fo:
         out += [
