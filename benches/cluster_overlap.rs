@@ -140,7 +140,8 @@ async fn one_run(setup: Setup, etcd: &Etcd, prefix: &str) -> Figures {
                 let (mut off, mut on) = (None, None);
                 while !done.load(Ordering::SeqCst) && on.is_none() {
                     let scrape = scrape(addr).await;
-                    let active = |b: &str| scrape.sum("failoverd_backend_active", &[("backend", b)]);
+                    let active =
+                        |b: &str| scrape.sum("failoverd_backend_active", &[("backend", b)]);
                     let now = Instant::now();
                     if off.is_none() && now > failing_at && active("primary") == 0.0 {
                         off = Some(now);
