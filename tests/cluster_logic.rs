@@ -254,6 +254,19 @@ impl Nodes {
             .collect()
     }
 
+    /// The switches the deciders reported, once there are `count` of them:
+    /// a follower may see the agreed state before the decider has handed
+    /// its report over (the report follows the confirmed write).
+    async fn reported(&self, count: usize) -> Vec<SwitchEvent> {
+        eventually(
+            &format!("{count} switch report(s)"),
+            Duration::from_secs(5),
+            || self.switches().len() >= count,
+        )
+        .await;
+        self.switches()
+    }
+
     fn index_of_decider(&self) -> usize {
         self.0
             .iter()
@@ -434,7 +447,7 @@ async fn the_primary_down_everywhere_switches_once_in_two_steps() {
             nodes.agreed_on(BACKUP) == Some(g2)
         })
         .await;
-        let switches = nodes.switches();
+        let switches = nodes.reported(1).await;
         assert_eq!(
             switches,
             vec![SwitchEvent {
@@ -485,7 +498,8 @@ async fn a_member_that_withholds_its_ack_delays_the_second_step_until_its_lease_
             ms(then)
         );
         assert_eq!(nodes.agreed_on(BACKUP), Some(g0 + 2));
-        assert_eq!(nodes.switches().len(), 1, "{:?}", nodes.switches());
+        let reported = nodes.reported(1).await;
+        assert_eq!(reported.len(), 1, "{reported:?}");
     })
     .await;
 }
@@ -527,7 +541,7 @@ async fn one_member_alone_cannot_move_the_cluster_but_two_of_three_can() {
             || nodes.agreed_on(BACKUP).is_some(),
         )
         .await;
-        assert_eq!(nodes.switches().len(), 1);
+        assert_eq!(nodes.reported(1).await.len(), 1);
     })
     .await;
 }
@@ -564,7 +578,7 @@ async fn a_decider_that_leaves_is_replaced_within_ttl_without_a_switch() {
             nodes.agreed_on(BACKUP).is_some()
         })
         .await;
-        assert_eq!(nodes.switches().len(), 1);
+        assert_eq!(nodes.reported(1).await.len(), 1);
     })
     .await;
 }
@@ -610,7 +624,8 @@ async fn maintenance_moves_the_whole_cluster_and_enable_fails_back() {
         })
         .await;
         let reasons: Vec<_> = nodes
-            .switches()
+            .reported(2)
+            .await
             .iter()
             .map(|e| (e.to.clone().unwrap(), e.reason))
             .collect();
@@ -651,7 +666,7 @@ async fn failback_waits_for_failback_delay_on_the_combined_view() {
         .await;
         println!("failback {} ms after the primary was up for two of three members (failback_delay {} ms)", ms(took), ms(DELAY));
         assert!(took >= DELAY, "failback after {took:?}, before failback_delay");
-        let reasons: Vec<_> = nodes.switches().iter().map(|e| e.reason).collect();
+        let reasons: Vec<_> = nodes.reported(2).await.iter().map(|e| e.reason).collect();
         assert_eq!(reasons, [SwitchReason::HealthCheck, SwitchReason::Failback]);
     })
     .await;
@@ -803,7 +818,7 @@ async fn the_two_step_switch_costs_a_few_round_trips() {
             median(&failback),
             list(&failback)
         );
-        assert_eq!(nodes.switches().len(), 10);
+        assert_eq!(nodes.reported(10).await.len(), 10);
         assert!(
             switch[2] < Duration::from_millis(500),
             "median switch {:?}",
@@ -844,7 +859,7 @@ async fn a_decider_lost_between_the_two_steps_is_completed_by_its_successor() {
             ms(then)
         );
         assert_eq!(nodes.agreed_on(BACKUP), Some(g0 + 2));
-        let switches = nodes.switches();
+        let switches = nodes.reported(1).await;
         assert_eq!(switches.len(), 1, "{switches:?}");
         assert_eq!(
             (switches[0].from.as_deref(), switches[0].reason),
@@ -1040,7 +1055,7 @@ async fn agreed_state_writes_whose_answers_are_lost_are_read_back() {
             nodes.agreed_on(BACKUP) == Some(g0 + 2)
         })
         .await;
-        let switches = nodes.switches();
+        let switches = nodes.reported(1).await;
         assert_eq!(
             switches.len(),
             1,
@@ -1110,7 +1125,7 @@ async fn a_member_whose_watch_fell_behind_a_compaction_reads_again_and_catches_u
             ms(took.max(released.elapsed()))
         );
         assert_eq!(nodes.agreed_on(BACKUP), Some(g0 + 2));
-        assert_eq!(nodes.switches().len(), 1);
+        assert_eq!(nodes.reported(1).await.len(), 1);
     })
     .await;
 }
@@ -1206,7 +1221,7 @@ async fn a_reload_that_changes_the_choice_switches_with_reason_reload_and_adds_s
         )
         .await;
         assert_eq!(nodes.agreed_on(BACKUP), Some(g0 + 2));
-        let switches = nodes.switches();
+        let switches = nodes.reported(1).await;
         assert_eq!(switches.len(), 1, "{switches:?}");
         assert_eq!(switches[0].reason, SwitchReason::Reload);
         eventually(
