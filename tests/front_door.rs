@@ -394,3 +394,92 @@ async fn allow_tells_loopback_addresses_apart() {
     })
     .await;
 }
+
+/// A real HAProxy with `send-proxy` / `send-proxy-v2` in front of failoverd
+/// with `accept_proxy` (and `send_proxy = "v1"` onwards): the backend sees
+/// the real client that connected to HAProxy, and 1 MiB arrives intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn haproxy_in_front_sends_headers_failoverd_accepts() {
+    within(60, async {
+        for directive in ["send-proxy", "send-proxy-v2"] {
+            let (backend, mut seen) = header_backend().await;
+            let proxy = Failoverd::start("behind-haproxy", |layout| {
+                layout
+                    .config(
+                        service(layout, backend)
+                            .set("accept_proxy", true)
+                            .set("send_proxy", "v1"),
+                    )
+                    .to_string()
+            })
+            .await;
+            let target = proxy.listen();
+            let haproxy = common::haproxy::HaProxy::start(|front| {
+                format!(
+                    "frontend fe\n    bind {front}\n    default_backend be\n\n\
+                     backend be\n    server s1 {target} {directive}\n"
+                )
+            })
+            .await;
+            let data = random_bytes(1024 * 1024, 21);
+            let mut client = TcpStream::connect(haproxy.front).await.expect("connect");
+            let me = client.local_addr().expect("addr");
+            client.write_all(&data).await.expect("write");
+            client.shutdown().await.expect("shutdown");
+            let mut hash = [0u8; 32];
+            client.read_exact(&mut hash).await.expect("hash back");
+            assert_eq!(hash, sha256(&data), "{directive}");
+            let got = seen.recv().await.expect("seen");
+            assert_eq!(got.source, me, "{directive}: the real client");
+            assert_eq!(
+                got.destination, haproxy.front,
+                "{directive}: HAProxy's frontend"
+            );
+        }
+    })
+    .await;
+}
+
+/// failoverd with `send_proxy` in front of a real HAProxy frontend with
+/// `accept-proxy`: HAProxy takes the header (it logs the client failoverd
+/// named, not failoverd's own address) and the bytes pass both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failoverd_sends_headers_haproxy_accepts() {
+    within(60, async {
+        for version in ["v1", "v2"] {
+            let echo = TestBackend::start("echo", Mode::Echo).await;
+            let target = echo.addr;
+            let haproxy = common::haproxy::HaProxy::start(|front| {
+                format!(
+                    "frontend fe\n    bind {front} accept-proxy\n    option tcplog\n    default_backend be\n\n\
+                     backend be\n    server s1 {target}\n"
+                )
+            })
+            .await;
+            let front = haproxy.front;
+            let proxy = Failoverd::start(&format!("to-haproxy-{version}"), |layout| {
+                layout
+                    .config(
+                        layout
+                            .service()
+                            .set("send_proxy", version)
+                            .set("check_interval", "1h")
+                            .backend("haproxy", front),
+                    )
+                    .to_string()
+            })
+            .await;
+            let mut client = TcpStream::connect(proxy.listen()).await.expect("connect");
+            let me = client.local_addr().expect("addr");
+            let data = random_bytes(64 * 1024, 5);
+            client.write_all(&data).await.expect("write");
+            let mut back = vec![0u8; data.len()];
+            client.read_exact(&mut back).await.expect("echo back");
+            assert_eq!(sha256(&back), sha256(&data), "{version}");
+            drop(client);
+            let line = haproxy.wait_log(&format!("{me} ")).await;
+            assert!(line.contains("fe be/s1"), "{version}: {line}");
+        }
+    })
+    .await;
+}

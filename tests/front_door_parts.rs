@@ -3,15 +3,13 @@
 //! real HAProxy in both directions, and listening sockets passed over a Unix
 //! socket pair as `run --takeover` does.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+mod common;
+use common::haproxy::HaProxy;
 use failoverd::fdpass::{self, MAX_FDS_PER_FRAME};
 use failoverd::proxy_header::{self, Accepted, HeaderError, Version};
 use sha2::{Digest, Sha256};
@@ -376,171 +374,6 @@ async fn missing_malformed_late_and_cut_headers_fail_within_the_deadline() {
 }
 
 // ---------------------------------------------------------------- HAProxy
-
-/// A temp directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "failoverd-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn is_root() -> bool {
-    rustix::process::geteuid().is_root()
-}
-
-/// Find `haproxy` on PATH or in /usr/sbin; install the Debian package once
-/// when missing and root; fail naming the package otherwise.
-fn haproxy_binary() -> PathBuf {
-    static INSTALL: Mutex<()> = Mutex::new(());
-    let find = || {
-        let path = std::env::var_os("PATH").unwrap_or_default();
-        std::env::split_paths(&path)
-            .chain([PathBuf::from("/usr/sbin")])
-            .map(|dir| dir.join("haproxy"))
-            .find(|candidate| candidate.is_file())
-    };
-    if let Some(found) = find() {
-        return found;
-    }
-    let _once = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
-    if find().is_none() && is_root() {
-        let status = Command::new("apt-get")
-            .args(["install", "-y", "haproxy"])
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status();
-        println!("apt-get install -y haproxy: {status:?}");
-    }
-    find().unwrap_or_else(|| {
-        panic!("haproxy not found on PATH or in /usr/sbin: install the Debian package \"haproxy\"")
-    })
-}
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port()
-}
-
-/// A real HAProxy in the foreground (`-db`), stopped by PID on drop. Its
-/// stdout (where the configs below log) is collected line by line.
-struct HaProxy {
-    child: Child,
-    front: SocketAddr,
-    log: Arc<Mutex<Vec<String>>>,
-    _dir: TempDir,
-}
-
-impl HaProxy {
-    /// `sections(front)` returns the frontend/backend sections; `front` is the
-    /// free port chosen for the frontend under test. A port taken in the
-    /// meantime makes HAProxy exit: then try again with fresh ports.
-    async fn start(sections: impl Fn(SocketAddr) -> String) -> HaProxy {
-        let binary = haproxy_binary();
-        let mut last_error = String::new();
-        for _attempt in 0..5 {
-            let front: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-            let ready: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-            let dir = TempDir::new("haproxy");
-            let config = dir.0.join("haproxy.cfg");
-            std::fs::write(&config, haproxy_config(ready, &sections(front))).expect("config");
-            let mut child = Command::new(&binary)
-                .arg("-db")
-                .arg("-f")
-                .arg(&config)
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("spawn haproxy");
-            let log = Arc::new(Mutex::new(Vec::new()));
-            collect_lines(child.stdout.take(), Arc::clone(&log));
-            let stderr = Arc::new(Mutex::new(Vec::new()));
-            collect_lines(child.stderr.take(), Arc::clone(&stderr));
-            let mut haproxy = HaProxy {
-                child,
-                front,
-                log,
-                _dir: dir,
-            };
-            if haproxy.wait_listening(ready).await {
-                return haproxy;
-            }
-            last_error = stderr.lock().unwrap_or_else(|e| e.into_inner()).join("\n");
-        }
-        panic!("haproxy did not start: {last_error}");
-    }
-
-    /// Listening on the `ready` frontend (bound with all the others), or
-    /// exited (a port collision), within 10 s.
-    async fn wait_listening(&mut self, ready: SocketAddr) -> bool {
-        let until = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < until {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return false;
-            }
-            if TcpStream::connect(ready).await.is_ok() {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        false
-    }
-
-    /// Wait up to 5 s for a log line containing `needle`.
-    async fn wait_log(&self, needle: &str) -> String {
-        let until = Instant::now() + Duration::from_secs(5);
-        loop {
-            let lines = self.log.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            if let Some(line) = lines.iter().find(|line| line.contains(needle)) {
-                return line.clone();
-            }
-            assert!(
-                Instant::now() < until,
-                "no haproxy log line with {needle:?}; got {lines:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for HaProxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn collect_lines(pipe: Option<impl std::io::Read + Send + 'static>, into: Arc<Mutex<Vec<String>>>) {
-    let Some(pipe) = pipe else { return };
-    std::thread::spawn(move || {
-        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-            into.lock().unwrap_or_else(|e| e.into_inner()).push(line);
-        }
-    });
-}
-
-fn haproxy_config(ready: SocketAddr, sections: &str) -> String {
-    format!(
-        "global\n    maxconn 100\n    nbthread 1\n    log stdout format raw local0\n\n\
-         defaults\n    mode tcp\n    log global\n    timeout connect 5s\n    timeout client 30s\n    timeout server 30s\n\n\
-         frontend ready\n    bind {ready}\n    tcp-request connection reject\n\n\
-         {sections}\n"
-    )
-}
 
 /// HAProxy `send-proxy` / `send-proxy-v2` in front of a listener that uses
 /// read_header: the source is the real client's address and port, the

@@ -17,6 +17,7 @@ pub mod backend;
 pub mod bind;
 pub mod config;
 pub mod etcd;
+pub mod haproxy;
 pub mod net;
 pub mod netfault;
 pub mod postgres;
