@@ -23,7 +23,6 @@ use std::time::{Duration, Instant};
 
 use common::etcd::Etcd;
 use common::*;
-use tokio::net::TcpStream;
 
 const FULL_RUNS: usize = 5;
 const QUICK_RUNS: usize = 1;
@@ -245,12 +244,5 @@ async fn start(
 
 /// The backend that answered a client through `addr`, or the error.
 async fn answer(addr: SocketAddr) -> Result<String, String> {
-    let mut stream = TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    let line = tokio::time::timeout(Duration::from_secs(6), read_line(&mut stream))
-        .await
-        .map_err(|_| "no answer within 6 s".to_string())?
-        .map_err(|e| format!("read: {e}"))?;
-    Ok(line.rsplit(' ').next().unwrap_or_default().to_string())
+    greeted_by(addr, Duration::from_secs(6)).await
 }

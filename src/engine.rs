@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::cluster::{ClusterHandle, LocalView, Seen};
-use crate::config::{OnLost, OnSwitch, ServiceConfig};
+use crate::config::{OnLost, OnSwitch, ServiceConfig, Settings};
 use crate::dns::Publish;
 use crate::health;
 use crate::limit::Limit;
@@ -483,21 +483,6 @@ impl Engine {
         self.publish(old, active);
         self.chosen.set(true);
         let (backends, settings) = (&old.backends, &old.settings);
-        metrics::counter!(
-            m::SWITCHES_TOTAL,
-            "service" => self.service.name.clone(),
-            "from" => from.clone().unwrap_or_default(),
-            "to" => to.clone().unwrap_or_default(),
-            "reason" => reason.as_str(),
-        )
-        .increment(1);
-        info!(
-            service = %self.service.name,
-            from = from.as_deref().unwrap_or(""),
-            to = to.as_deref().unwrap_or(""),
-            %reason,
-            "active backend switched"
-        );
         if settings.on_switch == OnSwitch::Close {
             // Every connection off the new active backend closes here,
             // fallen-back ones included.
@@ -508,14 +493,43 @@ impl Engine {
                 }
             }
         }
+        self.announce(settings, from, to, reason, None);
+    }
+
+    /// A switch made (alone) or completed (cluster, on the decider): count
+    /// it, log it and hand it to `notify`, with the cluster's generation.
+    fn announce(
+        &self,
+        settings: &Settings,
+        from: Option<String>,
+        to: Option<String>,
+        reason: SwitchReason,
+        generation: Option<u64>,
+    ) {
+        let name = &self.service.name;
+        metrics::counter!(
+            m::SWITCHES_TOTAL,
+            "service" => name.clone(),
+            "from" => from.clone().unwrap_or_default(),
+            "to" => to.clone().unwrap_or_default(),
+            "reason" => reason.as_str(),
+        )
+        .increment(1);
+        let (f, t) = (from.as_deref().unwrap_or(""), to.as_deref().unwrap_or(""));
+        match generation {
+            Some(generation) => {
+                info!(service = %name, from = f, to = t, %reason, generation, "active backend switched")
+            }
+            None => info!(service = %name, from = f, to = t, %reason, "active backend switched"),
+        }
         if !settings.notify.is_empty() {
             self.notifier.notify(notify::Switch {
                 command: settings.notify.clone(),
-                service: self.service.name.clone(),
+                service: name.clone(),
                 from,
                 to,
                 reason: reason.as_str().to_owned(),
-                generation: None,
+                generation,
             });
         }
     }
@@ -709,33 +723,8 @@ impl Engine {
         reason: SwitchReason,
         generation: u64,
     ) {
-        metrics::counter!(
-            m::SWITCHES_TOTAL,
-            "service" => self.service.name.clone(),
-            "from" => from.clone().unwrap_or_default(),
-            "to" => to.clone().unwrap_or_default(),
-            "reason" => reason.as_str(),
-        )
-        .increment(1);
-        info!(
-            service = %self.service.name,
-            from = from.as_deref().unwrap_or(""),
-            to = to.as_deref().unwrap_or(""),
-            %reason,
-            generation,
-            "active backend switched"
-        );
         let settings = Arc::clone(&self.service.snapshot().settings);
-        if !settings.notify.is_empty() {
-            self.notifier.notify(notify::Switch {
-                command: settings.notify.clone(),
-                service: self.service.name.clone(),
-                from,
-                to,
-                reason: reason.as_str().to_owned(),
-                generation: Some(generation),
-            });
-        }
+        self.announce(&settings, from, to, reason, Some(generation));
     }
 
     fn spawn_checks(&self) {

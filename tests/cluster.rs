@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 
 use common::etcd::Etcd;
 use common::*;
-use tokio::net::TcpStream;
 
 /// The lease ttl of every instance here.
 const TTL: Duration = Duration::from_secs(2);
@@ -118,17 +117,9 @@ async fn agreed_on(proxies: &[&Failoverd], active: &str, limit: Duration) -> (u6
     .await
 }
 
-/// The backend that answered a client through `addr` ("OK primary" or
-/// "DOWN primary" from a Status backend), or the error.
+/// The backend that answered a client through `addr`, or the error.
 async fn answer(addr: SocketAddr) -> Result<String, String> {
-    let mut stream = TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    let line = tokio::time::timeout(Duration::from_secs(6), read_line(&mut stream))
-        .await
-        .map_err(|_| "no answer within 6 s".to_string())?
-        .map_err(|e| format!("read: {e}"))?;
-    Ok(line.rsplit(' ').next().unwrap_or_default().to_string())
+    greeted_by(addr, Duration::from_secs(6)).await
 }
 
 fn notify_lines(path: &Path) -> Vec<String> {

@@ -14,18 +14,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
-use tokio::net::TcpStream;
 
-/// The greeting's last word: who answered ("DOWN primary" -> "primary").
+/// The backend that answered a client through `addr`, or the error.
 async fn answer(addr: SocketAddr) -> Result<String, String> {
-    let mut stream = TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    let line = tokio::time::timeout(Duration::from_secs(5), read_line(&mut stream))
-        .await
-        .map_err(|_| "no answer within 5 s".to_string())?
-        .map_err(|e| format!("read: {e}"))?;
-    Ok(line.rsplit(' ').next().unwrap_or_default().to_string())
+    greeted_by(addr, Duration::from_secs(5)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

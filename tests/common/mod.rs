@@ -32,8 +32,8 @@ pub mod wait;
 pub use backend::{Mode, TestBackend, accept_with_data};
 pub use config::{ConfigToml, Service, Table, Value, svc, toml_str};
 pub use net::{
-    answered_by, closed_port, connect_greeted, echo_once, echo_roundtrip, free_port, listen,
-    random_bytes, read_hashed, read_line, sha256, who_answers, who_answers_when_asked,
+    answered_by, closed_port, connect_greeted, echo_once, echo_roundtrip, free_port, greeted_by,
+    listen, random_bytes, read_hashed, read_line, sha256, who_answers, who_answers_when_asked,
 };
 pub use process::{Failoverd, Launch, Layout, Output, Signal, failoverd_bin, run_failoverd};
 pub use prom::{Sample, Scrape, scrape};

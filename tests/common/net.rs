@@ -72,6 +72,20 @@ pub async fn who_answers_when_asked(addr: SocketAddr) -> std::io::Result<String>
     read_line(&mut stream).await
 }
 
+/// Connect and read a greeting within `limit`: its last word, the backend
+/// that answered (a `Mode::Status` backend says "OK primary" or "DOWN
+/// primary"), or what went wrong, as text (refused, reset, closed, late).
+pub async fn greeted_by(addr: SocketAddr, limit: Duration) -> Result<String, String> {
+    let mut stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let line = tokio::time::timeout(limit, read_line(&mut stream))
+        .await
+        .map_err(|_| format!("no answer within {limit:?}"))?
+        .map_err(|e| format!("read: {e}"))?;
+    Ok(line.rsplit(' ').next().unwrap_or_default().to_string())
+}
+
 /// [`who_answers`] within [`ANSWER_TIMEOUT`]; panics if nobody does.
 pub async fn answered_by(addr: SocketAddr) -> String {
     tokio::time::timeout(ANSWER_TIMEOUT, who_answers(addr))
