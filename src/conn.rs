@@ -72,26 +72,29 @@ enum Attempt {
 }
 
 /// Who a client is: its address (the PROXY header's source with
-/// `accept_proxy`) and the address it connected to.
+/// `accept_proxy`) and, when the header named it, the address it connected
+/// to (otherwise read from the socket, and only if `send_proxy` needs it).
 #[derive(Clone, Copy, Debug)]
 struct Client {
     source: SocketAddr,
-    destination: SocketAddr,
+    destination: Option<SocketAddr>,
 }
 
 /// Serve one accepted client. `_slot` holds its `max_connections` slot.
 pub async fn handle(client: TcpStream, peer: SocketAddr, service: Arc<Service>, _slot: Slot) {
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-    if service.snapshot().mode == Mode::Refusing {
+    let first = service.snapshot();
+    if first.mode == Mode::Refusing {
         // Cut off from the cluster (on_lost = "close"): reset at once.
         let _ = socket2::SockRef::from(&client).set_linger(Some(std::time::Duration::ZERO));
         service.client_failures.increment(1);
         return;
     }
     // TCP_NODELAY and keepalive came from the listener (see `net::bind_std`).
-    let Some(who) = front_door(&client, peer, &service, id).await else {
+    let Some(who) = front_door(&client, peer, &service, &first.settings, id).await else {
         return;
     };
+    drop(first);
     let peer = who.source;
     let connected = match choose(&service, id).await {
         Some(connected) => Some(connected),
@@ -113,7 +116,7 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, service: Arc<Service>, 
         return;
     };
     let settings = &snapshot.settings;
-    if let Err(err) = send_header(&mut upstream, settings, who).await {
+    if let Err(err) = send_header(&mut upstream, &client, settings, who).await {
         debug!(service = %service.name, id, %peer, backend = %backend.name, error = %err, "writing the PROXY header to the backend failed");
         return;
     }
@@ -138,20 +141,17 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, service: Arc<Service>, 
 
 /// `accept_proxy` and `allow` (SPEC.md: PROXY protocol, Allow-list): who
 /// the client is, or `None` when it was closed here (counted and logged).
+/// Without either setting it costs nothing.
 async fn front_door(
     client: &TcpStream,
     peer: SocketAddr,
     service: &Service,
+    settings: &Settings,
     id: u64,
 ) -> Option<Client> {
-    let settings = Arc::clone(&service.snapshot().settings);
-    let Ok(destination) = client.local_addr() else {
-        debug!(service = %service.name, id, %peer, "client socket gone before it was served");
-        return None;
-    };
     let mut who = Client {
         source: peer,
-        destination,
+        destination: None,
     };
     let rejected = &service.rejected;
     if settings.accept_proxy {
@@ -163,7 +163,7 @@ async fn front_door(
                 if let (Some(source), Some(destination)) = (header.source, header.destination) {
                     who = Client {
                         source,
-                        destination,
+                        destination: Some(destination),
                     };
                 }
             }
@@ -199,15 +199,25 @@ fn far_future() -> tokio::time::Instant {
 }
 
 /// `send_proxy`: the header naming `who`, written before any client byte,
-/// within `connect_timeout`.
-async fn send_header(upstream: &mut TcpStream, settings: &Settings, who: Client) -> io::Result<()> {
+/// within `connect_timeout`. The address the client connected to comes
+/// from its own header, else from the client socket.
+async fn send_header(
+    upstream: &mut TcpStream,
+    client: &TcpStream,
+    settings: &Settings,
+    who: Client,
+) -> io::Result<()> {
     use tokio::io::AsyncWriteExt;
     let version = match settings.send_proxy {
         ProxyVersion::Off => return Ok(()),
         ProxyVersion::V1 => proxy_header::Version::V1,
         ProxyVersion::V2 => proxy_header::Version::V2,
     };
-    let header = proxy_header::encode(version, who.source, who.destination);
+    let destination = match who.destination {
+        Some(destination) => destination,
+        None => client.local_addr()?,
+    };
+    let header = proxy_header::encode(version, who.source, destination);
     match tokio::time::timeout(settings.connect_timeout, upstream.write_all(&header)).await {
         Ok(result) => result,
         Err(_) => Err(io::Error::new(

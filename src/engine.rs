@@ -435,15 +435,8 @@ impl Engine {
 
     /// Store a snapshot with a new active backend and update the gauges.
     fn publish(&self, old: &Snapshot, active: Option<usize>) {
-        self.service.current.store(Arc::new(Snapshot {
-            settings: Arc::clone(&old.settings),
-            backends: old.backends.clone(),
-            active,
-            mode: old.mode,
-        }));
-        set_active_gauges(&old.backends, active);
+        self.store(old, active, old.mode);
         self.publish_dns();
-        self.service.hold.wake();
     }
 
     /// Tell the DNS publisher the active backend's address (`None`: no
@@ -487,11 +480,7 @@ impl Engine {
             // Every connection off the new active backend closes here,
             // fallen-back ones included.
             self.service.fallbacks.store(false, Ordering::SeqCst);
-            for (i, b) in backends.iter().enumerate() {
-                if Some(i) != active {
-                    b.close_connections();
-                }
-            }
+            close_all_but(backends, active);
         }
         self.announce(settings, from, to, reason, None);
     }
@@ -658,9 +647,7 @@ impl Engine {
                     "cut off from the cluster for longer than ttl: refusing clients and closing connections (on_lost = \"close\")"
                 );
                 self.store(&snapshot, None, Mode::Refusing);
-                for b in &snapshot.backends {
-                    b.close_connections();
-                }
+                close_all_but(&snapshot.backends, None);
             }
             return;
         }
@@ -690,11 +677,7 @@ impl Engine {
                     "agreed backend applied"
                 );
                 if snapshot.settings.on_switch == OnSwitch::Close {
-                    for (i, b) in snapshot.backends.iter().enumerate() {
-                        if Some(i) != active {
-                            b.close_connections();
-                        }
-                    }
+                    close_all_but(&snapshot.backends, active);
                 }
             }
         }
@@ -778,6 +761,15 @@ fn views(backends: &[Arc<Backend>]) -> Vec<BackendView> {
             up_since: b.health.lock().ok().and_then(|h| h.up_since),
         })
         .collect()
+}
+
+/// Close the connections on every backend but the one at `active`.
+fn close_all_but(backends: &[Arc<Backend>], active: Option<usize>) {
+    for (i, b) in backends.iter().enumerate() {
+        if Some(i) != active {
+            b.close_connections();
+        }
+    }
 }
 
 fn set_active_gauges(backends: &[Arc<Backend>], active: Option<usize>) {
