@@ -215,7 +215,6 @@ async fn start(
     name: &str,
     backends: &[(&str, SocketAddr)],
 ) -> Failoverd {
-    let endpoints = etcd.endpoints();
     Failoverd::start(&format!("bench-{name}"), |layout| {
         let service = layout
             .service()
@@ -228,13 +227,7 @@ async fn start(
             .backends(backends);
         let config = layout.config(service);
         match setup {
-            Setup::Cluster3 => config.cluster(
-                Table::new()
-                    .set("name", name)
-                    .set("etcd", endpoints.clone())
-                    .set("prefix", prefix)
-                    .set("ttl", "2s"),
-            ),
+            Setup::Cluster3 => config.cluster(etcd.cluster_table(name, prefix)),
             Setup::Alone1 | Setup::Alone3 => config,
         }
         .to_string()

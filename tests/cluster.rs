@@ -47,10 +47,8 @@ fn member<'a>(name: &'a str, backends: &[(&'a str, SocketAddr)]) -> Member<'a> {
 /// Start one `failoverd run` in the cluster at `etcd` under `prefix`, its
 /// `notify` appending a line per run to `notify_log`.
 async fn start(etcd: &Etcd, prefix: &str, m: &Member<'_>, notify_log: &Path) -> Failoverd {
-    let endpoints = etcd.endpoints();
     let log = notify_log.display().to_string();
     Failoverd::start(&format!("cluster-{}", m.name), |layout| {
-        let endpoints: Vec<String> = endpoints.clone();
         let service = layout
             .service()
             .set("check_interval", "100ms")
@@ -72,14 +70,7 @@ async fn start(etcd: &Etcd, prefix: &str, m: &Member<'_>, notify_log: &Path) -> 
             .backends(&m.backends);
         layout
             .config(service)
-            .cluster(
-                Table::new()
-                    .set("name", m.name)
-                    .set("etcd", endpoints)
-                    .set("prefix", prefix)
-                    .set("ttl", "2s")
-                    .set("on_lost", m.on_lost),
-            )
+            .cluster(etcd.cluster_table(m.name, prefix).set("on_lost", m.on_lost))
             .to_string()
     })
     .await

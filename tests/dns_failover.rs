@@ -925,18 +925,11 @@ async fn in_cluster_mode_only_the_decider_publishes() {
             .dns(dns(&named, "cluster", "5s"));
         let mut members = Vec::new();
         for member in ["px1", "px2"] {
-            let endpoints = etcd.endpoints();
             members.push(
                 Failoverd::start(&format!("dns-{member}"), |layout| {
                     layout
                         .config(service.clone().listen(layout.listen))
-                        .cluster(
-                            Table::new()
-                                .set("name", member)
-                                .set("etcd", endpoints.clone())
-                                .set("prefix", "/dns-cluster")
-                                .set("ttl", "2s"),
-                        )
+                        .cluster(etcd.cluster_table(member, "/dns-cluster"))
                         .to_string()
                 })
                 .await,

@@ -237,6 +237,16 @@ impl Etcd {
         self.members.iter().map(Member::client_url).collect()
     }
 
+    /// The `[cluster]` table of a failoverd member `name` of this etcd
+    /// under `prefix`, with a 2 s lease (add `on_lost` as needed).
+    pub fn cluster_table(&self, name: &str, prefix: &str) -> super::config::Table {
+        super::config::Table::new()
+            .set("name", name)
+            .set("etcd", self.endpoints())
+            .set("prefix", prefix)
+            .set("ttl", "2s")
+    }
+
     pub fn endpoint(&self, member: usize) -> String {
         self.members[member].client_url()
     }
