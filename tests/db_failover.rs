@@ -172,6 +172,33 @@ struct Outcome {
 }
 
 impl Outcome {
+    /// Every acknowledged write is among `present` (read from the promoted
+    /// server); `what` names them in the failure.
+    fn assert_acked_in(&self, present: &BTreeSet<u64>, what: &str) {
+        let lost: Vec<_> = self.acked.difference(present).collect();
+        assert!(
+            lost.is_empty(),
+            "{what} missing on the promoted server: {lost:?}"
+        );
+    }
+
+    fn assert_none_failed(&self) {
+        assert!(
+            self.failures.is_empty(),
+            "writes failed: {}",
+            self.summary()
+        );
+    }
+
+    /// Some write failed with `needle` in its error (`what` says which).
+    fn assert_some_failed_with(&self, needle: &str, what: &str) {
+        assert!(
+            self.failures.iter().any(|(_, e)| e.contains(needle)),
+            "{what}: {}",
+            self.summary()
+        );
+    }
+
     fn summary(&self) -> String {
         let mut kinds: Vec<String> = self
             .failures
@@ -375,11 +402,7 @@ async fn redis_scenario(kind: &str) -> Outcome {
         .lines()
         .filter_map(|k| k.trim().strip_prefix('k')?.parse().ok())
         .collect();
-    let lost: Vec<_> = outcome.acked.difference(&keys).collect();
-    assert!(
-        lost.is_empty(),
-        "acknowledged writes missing on the promoted replica: {lost:?}"
-    );
+    outcome.assert_acked_in(&keys, "acknowledged writes");
     eprintln!("redis, check = {kind:?}: {}", outcome.summary());
     outcome
 }
@@ -387,12 +410,7 @@ async fn redis_scenario(kind: &str) -> Outcome {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_failover_with_role_checks_and_hold_fails_no_write() {
     within(90, async {
-        let outcome = redis_scenario("redis").await;
-        assert!(
-            outcome.failures.is_empty(),
-            "writes failed: {}",
-            outcome.summary()
-        );
+        redis_scenario("redis").await.assert_none_failed();
     })
     .await;
 }
@@ -400,12 +418,9 @@ async fn redis_failover_with_role_checks_and_hold_fails_no_write() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_failover_with_tcp_checks_sends_writes_to_the_replica() {
     within(90, async {
-        let outcome = redis_scenario("tcp").await;
-        assert!(
-            outcome.failures.iter().any(|(_, e)| e.contains("READONLY")),
-            "no write met the read-only replica: {}",
-            outcome.summary()
-        );
+        redis_scenario("tcp")
+            .await
+            .assert_some_failed_with("READONLY", "no write met the read-only replica");
     })
     .await;
 }
@@ -549,11 +564,7 @@ async fn pg_scenario(kind: &str) -> Outcome {
         .lines()
         .filter_map(|id| id.trim().parse().ok())
         .collect();
-    let lost: Vec<_> = outcome.acked.difference(&rows).collect();
-    assert!(
-        lost.is_empty(),
-        "acknowledged inserts missing on the promoted standby: {lost:?}"
-    );
+    outcome.assert_acked_in(&rows, "acknowledged inserts");
     eprintln!("postgres, check = {kind:?}: {}", outcome.summary());
     outcome
 }
@@ -561,12 +572,7 @@ async fn pg_scenario(kind: &str) -> Outcome {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_failover_with_role_checks_and_hold_fails_no_write() {
     within(120, async {
-        let outcome = pg_scenario("postgres").await;
-        assert!(
-            outcome.failures.is_empty(),
-            "writes failed: {}",
-            outcome.summary()
-        );
+        pg_scenario("postgres").await.assert_none_failed();
     })
     .await;
 }
@@ -574,15 +580,9 @@ async fn postgres_failover_with_role_checks_and_hold_fails_no_write() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_failover_with_tcp_checks_sends_sessions_to_the_standby() {
     within(120, async {
-        let outcome = pg_scenario("tcp").await;
-        assert!(
-            outcome
-                .failures
-                .iter()
-                .any(|(_, e)| e.contains("read-only")),
-            "no session met the standby in recovery: {}",
-            outcome.summary()
-        );
+        pg_scenario("tcp")
+            .await
+            .assert_some_failed_with("read-only", "no session met the standby in recovery");
     })
     .await;
 }
