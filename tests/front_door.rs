@@ -97,6 +97,27 @@ fn service(layout: &Layout, backend: SocketAddr) -> Service {
         .backend("backend", backend)
 }
 
+/// failoverd in front of `backend` with `accept_proxy` and `send_proxy`,
+/// plus `extra` settings.
+async fn start_relaying(
+    tag: &str,
+    backend: SocketAddr,
+    send_proxy: &str,
+    extra: Table,
+) -> Failoverd {
+    Failoverd::start(tag, |layout| {
+        layout
+            .config(
+                service(layout, backend)
+                    .set("accept_proxy", true)
+                    .set("send_proxy", send_proxy)
+                    .merge(&extra),
+            )
+            .to_string()
+    })
+    .await
+}
+
 async fn rejected(proxy: &Failoverd, reason: &str) -> f64 {
     proxy
         .metrics()
@@ -159,16 +180,7 @@ async fn send_proxy_names_the_client_before_its_bytes_v1_and_v2() {
 async fn accept_proxy_takes_the_client_from_the_header_and_closes_one_without() {
     within(60, async {
         let (backend, mut seen) = header_backend().await;
-        let proxy = Failoverd::start("accept-proxy", |layout| {
-            layout
-                .config(
-                    service(layout, backend)
-                        .set("accept_proxy", true)
-                        .set("send_proxy", "v2"),
-                )
-                .to_string()
-        })
-        .await;
+        let proxy = start_relaying("accept-proxy", backend, "v2", Table::new()).await;
         let listen = proxy.listen();
         let data = random_bytes(256 * 1024, 4);
 
@@ -208,16 +220,12 @@ async fn accept_proxy_takes_the_client_from_the_header_and_closes_one_without() 
 async fn allow_closes_clients_outside_the_list_before_any_backend() {
     within(60, async {
         let (backend, mut seen) = header_backend().await;
-        let proxy = Failoverd::start("allow-proxy", |layout| {
-            layout
-                .config(
-                    service(layout, backend)
-                        .set("accept_proxy", true)
-                        .set("send_proxy", "v1")
-                        .set("allow", ["192.0.2.0/24", "2001:db8::7"]),
-                )
-                .to_string()
-        })
+        let proxy = start_relaying(
+            "allow-proxy",
+            backend,
+            "v1",
+            Table::new().set("allow", ["192.0.2.0/24", "2001:db8::7"]),
+        )
         .await;
         let listen = proxy.listen();
         let data = b"hello through the front door".to_vec();
@@ -323,16 +331,7 @@ async fn allow_without_accept_proxy_judges_the_connection_address() {
 async fn a_split_header_then_one_mib_arrive_intact() {
     within(60, async {
         let (backend, mut seen) = header_backend().await;
-        let proxy = Failoverd::start("split-header", |layout| {
-            layout
-                .config(
-                    service(layout, backend)
-                        .set("accept_proxy", true)
-                        .set("send_proxy", "v2"),
-                )
-                .to_string()
-        })
-        .await;
+        let proxy = start_relaying("split-header", backend, "v2", Table::new()).await;
         let listen = proxy.listen();
         let data = random_bytes(1024 * 1024, 11);
         for version in [Version::V1, Version::V2] {
@@ -404,16 +403,7 @@ async fn haproxy_in_front_sends_headers_failoverd_accepts() {
     within(60, async {
         for directive in ["send-proxy", "send-proxy-v2"] {
             let (backend, mut seen) = header_backend().await;
-            let proxy = Failoverd::start("behind-haproxy", |layout| {
-                layout
-                    .config(
-                        service(layout, backend)
-                            .set("accept_proxy", true)
-                            .set("send_proxy", "v1"),
-                    )
-                    .to_string()
-            })
-            .await;
+            let proxy = start_relaying("behind-haproxy", backend, "v1", Table::new()).await;
             let target = proxy.listen();
             let haproxy = common::haproxy::HaProxy::start(|front| {
                 format!(
