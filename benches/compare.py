@@ -276,6 +276,7 @@ class Target:
     # `proxy_protocol` port; iperf3 and the idle holder cannot take the
     # header, so those sections are skipped for it.
     send_proxy: str | None = None
+    workers: int = 0  # failoverd `run --workers N`; 0 = its default
     doc: str = ""
 
 
@@ -290,6 +291,8 @@ TARGETS = [
     Target(
         "fo-copy", "failoverd", zero_copy=False, doc="failoverd, zero_copy = false (userspace copy), default runtime"
     ),
+    Target("fo-w1", "failoverd", workers=1, doc="failoverd splice, `run --workers 1` (not pinned)"),
+    Target("fo-w2", "failoverd", workers=2, doc="failoverd splice, `run --workers 2` (not pinned)"),
     Target(
         "fo-splice-1cpu",
         "failoverd",
@@ -304,6 +307,7 @@ TARGETS = [
         send_proxy="v2",
         doc="failoverd splice with `send_proxy = \"v2\"` to nginx `listen ... proxy_protocol` (HTTP sections only)",
     ),
+    Target("hap-nb1", "haproxy", nbthread=1, doc="HAProxy mode tcp, option splice-auto, nbthread 1 (not pinned)"),
     Target("hap-nb2", "haproxy", nbthread=2, doc="HAProxy mode tcp, option splice-auto, nbthread 2"),
     Target("hap-nb1-1cpu", "haproxy", nbthread=1, cpus="0", doc="HAProxy as above, nbthread 1, under `taskset -c 0`"),
 ]
@@ -312,6 +316,7 @@ TARGETS = [
 RATIOS = [
     ("fo-splice", "direct"),
     ("fo-copy", "direct"),
+    ("fo-splice", "hap-nb1"),
     ("fo-splice", "hap-nb2"),
     ("fo-copy", "hap-nb2"),
     ("fo-splice-1cpu", "hap-nb1-1cpu"),
@@ -422,6 +427,8 @@ class Proxy:
             )
             check_config([str(ctx.binary), "check", "-c", str(cfg)], "failoverd")
             cmd = [str(ctx.binary), "run", "-c", str(cfg)]
+            if target.workers:
+                cmd += ["--workers", str(target.workers)]
             env = dict(os.environ, RUST_LOG="warn")
         else:
             cfg = d / "haproxy.cfg"

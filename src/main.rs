@@ -37,6 +37,9 @@ enum Command {
         /// listening sockets and health state, then it drains and exits.
         #[arg(long)]
         takeover: bool,
+        /// Data-path worker threads (default: see `Workers::default_count`).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+        workers: Option<u16>,
     },
     /// Validate the config and print a summary; binds nothing.
     Check {
@@ -86,7 +89,8 @@ fn main() -> ExitCode {
             config,
             log_format,
             takeover,
-        } => run(&config, log_format, takeover),
+            workers,
+        } => run(&config, log_format, takeover, workers.map(usize::from)),
         Command::Check { config } => check(&config),
         Command::Ctl {
             config,
@@ -137,7 +141,7 @@ fn check(path: &Path) -> ExitCode {
     }
 }
 
-fn run(path: &Path, format: LogFormat, takeover: bool) -> ExitCode {
+fn run(path: &Path, format: LogFormat, takeover: bool, workers: Option<usize>) -> ExitCode {
     let config = match load_or_report(path) {
         Ok(config) => config,
         Err(code) => return code,
@@ -150,7 +154,8 @@ fn run(path: &Path, format: LogFormat, takeover: bool) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(serve(config, takeover)) {
+    let workers = workers.unwrap_or_else(Workers::default_count);
+    match runtime.block_on(serve(config, takeover, workers)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!("{err:#}");
@@ -162,7 +167,7 @@ fn run(path: &Path, format: LogFormat, takeover: bool) -> ExitCode {
 
 /// Start everything the config asks for, then wait for SIGTERM/SIGINT
 /// (or, after a takeover by a newer process, drain and end).
-async fn serve(config: Config, takeover: bool) -> anyhow::Result<()> {
+async fn serve(config: Config, takeover: bool, workers: usize) -> anyhow::Result<()> {
     use anyhow::Context;
     let signals = control::Signals::install().context("cannot install signal handlers")?;
     let stop = CancellationToken::new();
@@ -210,8 +215,7 @@ async fn serve(config: Config, takeover: bool) -> anyhow::Result<()> {
         )),
         _ => None,
     };
-    let workers =
-        Workers::start(Workers::default_count()).context("cannot start worker threads")?;
+    let workers = Workers::start(workers).context("cannot start worker threads")?;
     let proxy: Arc<Proxy> =
         match Proxy::start_inheriting(config, workers.handles(), inherited).await {
             Ok(proxy) => proxy,

@@ -915,3 +915,58 @@ async fn a_reload_that_adds_cluster_is_rejected() {
     })
     .await;
 }
+
+// ---------------------------------------------------------------------------
+// `run --workers N`
+// ---------------------------------------------------------------------------
+
+/// The names of a process's threads (`/proc/PID/task/*/comm`).
+fn thread_names(pid: u32) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("read /proc/PID/task")
+        .filter_map(|task| {
+            let path = task.ok()?.path().join("comm");
+            Some(std::fs::read_to_string(path).ok()?.trim().to_string())
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// `--workers 3` on this 2-CPU machine runs exactly three data-path
+/// workers, each accepting (three clients in a row are all served) and
+/// logs the count; 0 is refused with exit 2 before anything starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_workers_sets_the_data_path_thread_count() {
+    let backend = TestBackend::start("only", Mode::Greet).await;
+    let proxy = Launch::new()
+        .arg("--workers")
+        .arg("3")
+        .start("workers", |layout| {
+            layout
+                .config(layout.service().backend("only", backend.addr))
+                .to_string()
+        })
+        .await;
+    let listening = proxy.wait_for_log("workers=", LIMIT).await;
+    assert!(listening.contains("workers=3"), "{listening}");
+    let workers: Vec<String> = thread_names(proxy.pid())
+        .into_iter()
+        .filter(|n| n.starts_with("failoverd-worke"))
+        .collect();
+    assert_eq!(workers.len(), 3, "worker threads: {workers:?}");
+    for _ in 0..3 {
+        assert_eq!(greeted_by(proxy.listen(), LIMIT).await.unwrap(), "only");
+    }
+
+    let dir = TempDir::new("workers0");
+    let path = dir.path("f.toml");
+    std::fs::write(&path, "").expect("write");
+    let zero = run_failoverd(
+        &["run", "-c", path.to_str().expect("utf-8"), "--workers", "0"],
+        LIMIT,
+    )
+    .await;
+    assert_eq!(zero.code, Some(2), "{zero:?}");
+    assert!(zero.stderr.contains("--workers"), "{zero:?}");
+}

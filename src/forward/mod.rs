@@ -284,10 +284,12 @@ fn tag(side: Side) -> impl FnOnce(io::Error) -> io::Error {
 }
 
 /// When a byte last moved, as coarse milliseconds since the connection
-/// started; shared by both directions and read by the idle timer.
+/// started; shared by both directions and read by the idle timer. Also
+/// counts the directions that reached EOF.
 struct Activity {
     start: Instant,
     last_ms: AtomicU64,
+    eofs: AtomicU64,
 }
 
 impl Activity {
@@ -295,7 +297,13 @@ impl Activity {
         Activity {
             start: Instant::now(),
             last_ms: AtomicU64::new(0),
+            eofs: AtomicU64::new(0),
         }
+    }
+
+    /// A direction reached EOF; true when the other one already had.
+    fn second_eof(&self) -> bool {
+        self.eofs.fetch_add(1, Ordering::Relaxed) == 1
     }
 
     fn touch(&self) {
@@ -359,8 +367,15 @@ impl Direction<'_> {
         self.activity.touch();
     }
 
-    /// `src` reached EOF: pass the half-close on to `dst`.
+    /// `src` reached EOF: pass the half-close on to `dst`. When the other
+    /// direction already ended the same way, `dst` has nothing left to
+    /// read and is closed next, and its close sends the FIN: no
+    /// `shutdown` call (one system call fewer per connection).
     fn eof(&self) -> io::Result<()> {
+        if self.activity.second_eof() {
+            tracing::trace!(direction = self.name, "eof, both directions done");
+            return Ok(());
+        }
         tracing::trace!(direction = self.name, "eof, shutting down write side");
         socket2::SockRef::from(self.dst)
             .shutdown(std::net::Shutdown::Write)
