@@ -292,7 +292,6 @@ TARGETS = [
         "fo-copy", "failoverd", zero_copy=False, doc="failoverd, zero_copy = false (userspace copy), default runtime"
     ),
     Target("fo-w1", "failoverd", workers=1, doc="failoverd splice, `run --workers 1` (not pinned)"),
-    Target("fo-w2", "failoverd", workers=2, doc="failoverd splice, `run --workers 2` (not pinned)"),
     Target(
         "fo-splice-1cpu",
         "failoverd",
@@ -317,6 +316,7 @@ RATIOS = [
     ("fo-splice", "direct"),
     ("fo-copy", "direct"),
     ("fo-splice", "hap-nb1"),
+    ("fo-w1", "hap-nb1"),
     ("fo-splice", "hap-nb2"),
     ("fo-copy", "hap-nb2"),
     ("fo-splice-1cpu", "hap-nb1-1cpu"),
