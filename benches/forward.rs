@@ -108,6 +108,7 @@ async fn harness(
         let options = ForwardOptions {
             zero_copy,
             idle_timeout: None,
+            backend_later: None,
         };
         let counters = ByteCounters::noop();
         let cancel = CancellationToken::new();

@@ -132,6 +132,7 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, service: Arc<Service>, 
     let options = ForwardOptions {
         zero_copy: settings.zero_copy,
         idle_timeout: settings.idle_timeout,
+        backend_later: Some((net::BACKEND_KEEPALIVE_AFTER, net::backend_keepalive)),
     };
     let _guard = backend.open_connection();
     let started = Instant::now();

@@ -100,25 +100,32 @@ pub fn probe_unused(addr: SocketAddr, freebind: bool) -> io::Result<()> {
     })
 }
 
-/// TCP_NODELAY, keepalive and [`BACKEND_USER_TIMEOUT`] on a connected
-/// backend stream. With TCP_USER_TIMEOUT set, the kernel gives up on
-/// unanswered keepalive probes after that timeout instead of after
-/// TCP_KEEPCNT probes, so the count is not set here (one system call fewer
-/// per backend connection).
+/// A backend connection gets keepalive ([`backend_keepalive`]) once it has
+/// lived this long: most short connections end sooner and never pay its
+/// three system calls, and a long-lived one sends its first probe after
+/// at most this much more than [`KEEPALIVE_IDLE`] of silence.
+pub const BACKEND_KEEPALIVE_AFTER: Duration = Duration::from_secs(1);
+
+/// TCP_NODELAY and [`BACKEND_USER_TIMEOUT`] on a connected backend stream,
+/// at once; keepalive comes later ([`BACKEND_KEEPALIVE_AFTER`]).
 pub fn tune(stream: &TcpStream) -> io::Result<()> {
     let socket = SockRef::from(stream);
     socket.set_tcp_nodelay(true)?;
     #[cfg(any(target_os = "linux", target_os = "android"))]
-    {
-        let keepalive = TcpKeepalive::new()
-            .with_time(KEEPALIVE_IDLE)
-            .with_interval(KEEPALIVE_INTERVAL);
-        socket.set_tcp_keepalive(&keepalive)?;
-        socket.set_tcp_user_timeout(Some(BACKEND_USER_TIMEOUT))?;
-    }
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    tune_socket(socket)?;
+    socket.set_tcp_user_timeout(Some(BACKEND_USER_TIMEOUT))?;
     Ok(())
+}
+
+/// Keepalive on a backend stream. With TCP_USER_TIMEOUT set, the kernel
+/// gives up on unanswered probes after that timeout instead of after
+/// TCP_KEEPCNT probes, so the count is not set (one system call fewer).
+pub fn backend_keepalive(stream: &TcpStream) -> io::Result<()> {
+    let keepalive = TcpKeepalive::new().with_time(KEEPALIVE_IDLE);
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let keepalive = keepalive.with_interval(KEEPALIVE_INTERVAL);
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let keepalive = keepalive.with_retries(KEEPALIVE_RETRIES);
+    SockRef::from(stream).set_tcp_keepalive(&keepalive)
 }
 
 /// TCP_NODELAY and keepalive on any TCP socket. Set on a listener, Linux
@@ -283,6 +290,8 @@ mod tests {
             Some(BACKEND_USER_TIMEOUT)
         );
         assert!(socket.tcp_nodelay().unwrap());
+        assert!(!socket.keepalive().unwrap(), "keepalive comes later");
+        backend_keepalive(&stream).unwrap();
         assert!(socket.keepalive().unwrap());
         assert_eq!(socket.tcp_keepalive_time().unwrap(), KEEPALIVE_IDLE);
         assert_eq!(socket.tcp_keepalive_interval().unwrap(), KEEPALIVE_INTERVAL);

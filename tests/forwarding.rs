@@ -295,3 +295,52 @@ async fn forwards_over_ipv6() {
     })
     .await;
 }
+
+/// failoverd's own sockets towards `backend` (`ss -tnoH state established
+/// dst ADDR`), one line each with its timer column.
+fn sockets_towards(backend: std::net::SocketAddr) -> Vec<String> {
+    let out = std::process::Command::new("ss")
+        .args(["-tnoH", "state", "established", "dst"])
+        .arg(backend.to_string())
+        .output()
+        .expect("run ss (Debian package iproute2)");
+    assert!(out.status.success(), "ss failed: {out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// A backend connection gets TCP keepalive once it has lived a second
+/// (`net::BACKEND_KEEPALIVE_AFTER`), not at connect: short connections
+/// never pay its system calls, and a long one is still probed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_keepalive_is_armed_once_a_connection_outlives_a_second() {
+    within(20, async {
+        let backend = TestBackend::start("b", Mode::Greet).await;
+        let proxy = Launch::new()
+            .start("keepalive", |layout| {
+                layout
+                    .config(layout.service().backend("b", backend.addr))
+                    .to_string()
+            })
+            .await;
+        let mut client = TcpStream::connect(proxy.listen()).await.expect("connect");
+        assert_eq!(read_line(&mut client).await.expect("greeting"), "b");
+        let early = sockets_towards(backend.addr);
+        assert!(
+            early.iter().all(|l| !l.contains("keepalive")),
+            "keepalive armed at connect: {early:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let later = sockets_towards(backend.addr);
+        assert!(
+            later.iter().any(|l| l.contains("timer:(keepalive,")),
+            "no keepalive after 1.5 s: {later:?}"
+        );
+        // Still forwarding.
+        client.write_all(b"ping\n").await.expect("write");
+        assert_eq!(read_line(&mut client).await.expect("echo"), "ping");
+    })
+    .await;
+}

@@ -36,7 +36,14 @@ pub struct ForwardOptions {
     pub zero_copy: bool,
     /// Close when neither direction moved a byte for this long.
     pub idle_timeout: Option<Duration>,
+    /// Run this on the backend socket once the connection has lived this
+    /// long (failoverd arms TCP keepalive there: a connection that ends
+    /// sooner never pays its system calls).
+    pub backend_later: Option<(Duration, SocketHook)>,
 }
+
+/// Something done to a socket later in a connection's life.
+pub type SocketHook = fn(&TcpStream) -> io::Result<()>;
 
 /// Byte counters, bumped after every splice/copy call.
 #[derive(Clone)]
@@ -130,6 +137,7 @@ pub async fn forward(
         biased;
         () = cancel.cancelled() => Outcome::Cancelled,
         () = idle(&activity, options.idle_timeout) => Outcome::IdleTimeout,
+        never = later(&backend, options.backend_later) => match never {},
         done = both => done.map(|()| Outcome::Closed)?,
     };
     let transferred = Transferred {
@@ -334,6 +342,21 @@ async fn idle(activity: &Activity, timeout: Option<Duration>) {
         }
         tokio::time::sleep_until(deadline).await;
     }
+}
+
+/// Runs `what` on `socket` after `after`, then never resolves. A failure
+/// is logged and not fatal: the connection goes on without it.
+async fn later(
+    socket: &TcpStream,
+    what: Option<(Duration, SocketHook)>,
+) -> std::convert::Infallible {
+    if let Some((after, run)) = what {
+        tokio::time::sleep(after).await;
+        if let Err(err) = run(socket) {
+            tracing::debug!(error = %err, "backend socket option failed");
+        }
+    }
+    std::future::pending().await
 }
 
 /// One direction of a connection: bytes from `src` to `dst`.

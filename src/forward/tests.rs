@@ -57,6 +57,7 @@ fn opts(zero_copy: bool) -> ForwardOptions {
     ForwardOptions {
         zero_copy,
         idle_timeout: None,
+        backend_later: None,
     }
 }
 
@@ -164,6 +165,7 @@ async fn forward_ends_with_idle_timeout_when_nothing_moves() {
     let options = ForwardOptions {
         zero_copy: true,
         idle_timeout: Some(Duration::from_millis(200)),
+        backend_later: None,
     };
     let h = start(options).await;
     let (outcome, moved) = timeout(TEST_TIMEOUT, h.task)
@@ -181,6 +183,7 @@ async fn forward_idle_timeout_is_pushed_back_by_traffic() {
     let options = ForwardOptions {
         zero_copy: true,
         idle_timeout: Some(idle),
+        backend_later: None,
     };
     let mut h = start(options).await;
     let started = tokio::time::Instant::now();
