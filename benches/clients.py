@@ -21,7 +21,6 @@ import pwd
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,43 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-PROCS: list[subprocess.Popen] = []
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, proc: subprocess.Popen, limit: float = 30.0) -> None:
-    end = time.monotonic() + limit
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
-
-
-def start(cmd: list[str], **kw) -> subprocess.Popen:
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
-    PROCS.append(proc)
-    return proc
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+# Processes, ports and configs as compare.py makes them (same directory).
+from compare import ROOT, failoverd_config, free_port, haproxy_config, start, stop, stop_all, wait_listen
 
 
 def as_postgres() -> dict:
@@ -112,7 +76,7 @@ def start_postgres(tmp: Path) -> tuple[int, subprocess.Popen]:
         ],
         **kw,
     )
-    wait_port(port, proc)
+    wait_listen(port, proc)
     time.sleep(0.5)
     subprocess.run(
         ["pgbench", "-i", "-s", "1", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "postgres"],
@@ -128,7 +92,7 @@ def start_redis(tmp: Path) -> tuple[int, subprocess.Popen]:
         ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
          "--dir", str(tmp)]
     )
-    wait_port(port, proc)
+    wait_listen(port, proc)
     return port, proc
 
 
@@ -140,25 +104,23 @@ def start_proxy(name: str, binary: Path, tmp: Path, backends: dict[str, int]) ->
     ports = {kind: free_port() for kind in backends}
     if name.startswith("fo"):
         cfg = tmp / f"{name}.toml"
-        lines = ['[defaults]', 'check_interval = "1h"', 'idle_timeout = "0s"']
-        for kind, port in ports.items():
-            lines += ["", "[[service]]", f'name = "{kind}"', f'listen = "127.0.0.1:{port}"',
-                      "  [[service.backend]]", '  name = "b"', f'  address = "127.0.0.1:{backends[kind]}"']
-        cfg.write_text("\n".join(lines) + "\n")
+        cfg.write_text(
+            failoverd_config(
+                [(kind, port, [("b", backends[kind])]) for kind, port in ports.items()],
+                {"check_interval": '"1h"', "idle_timeout": '"0s"'},
+            )
+        )
         cmd = [str(binary), "run", "-c", str(cfg)]
         if name.startswith("fo-w"):
             cmd += ["--workers", name[4:]]
         proc = start(cmd, env=dict(os.environ, RUST_LOG="warn"))
     else:
         cfg = tmp / f"{name}.cfg"
-        lines = ["global", f"    nbthread {name.removeprefix('hap-nb')}", "defaults", "    mode tcp",
-                 "    timeout connect 1s", "    timeout client 1h", "    timeout server 1h", "    option splice-auto"]
-        for kind, port in ports.items():
-            lines += [f"listen {kind}", f"    bind 127.0.0.1:{port}", f"    server b 127.0.0.1:{backends[kind]}"]
-        cfg.write_text("\n".join(lines) + "\n")
+        listens = [(kind, port, [f"server b 127.0.0.1:{backends[kind]}"]) for kind, port in ports.items()]
+        cfg.write_text(haproxy_config(int(name.removeprefix("hap-nb")), listens))
         proc = start([shutil.which("haproxy") or "/usr/sbin/haproxy", "-db", "-f", str(cfg)])
     for port in ports.values():
-        wait_port(port, proc)
+        wait_listen(port, proc)
     time.sleep(0.3)
     return proc, ports
 
@@ -222,13 +184,11 @@ def main() -> int:
                     data[t].setdefault(k, []).append(v)
                 time.sleep(0.3)
     finally:
-        for proc in reversed(PROCS):
-            stop(proc)
+        stop_all()
         shutil.rmtree(tmp, ignore_errors=True)
 
     metrics = list(next(iter(data.values())).keys())
     med = {t: {k: statistics.median(v) for k, v in d.items()} for t, d in data.items()}
-    proxies = [t for t in targets if t != "direct"]
     haps = [t for t in targets if t.startswith("hap")]
     fos = [t for t in targets if t.startswith("fo")]
     print(f"# Real clients, medians of {a.reps} runs of ~{a.seconds} s (operations or transactions per second)\n")
@@ -240,7 +200,6 @@ def main() -> int:
         best = max(med[h][k] for h in haps) if haps else None
         ratio = [f"{med[f][k] / best:.2f}" if best else "–" for f in fos]
         print(f"| {k} | " + " | ".join(cells) + " | " + " | ".join(ratio) + " |")
-    _ = proxies
     return 0
 
 

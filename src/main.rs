@@ -37,7 +37,7 @@ enum Command {
         /// listening sockets and health state, then it drains and exits.
         #[arg(long)]
         takeover: bool,
-        /// Data-path worker threads (default: see `Workers::default_count`).
+        /// Data-path worker threads (default: one per CPU this process may use).
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
         workers: Option<u16>,
     },

@@ -193,41 +193,12 @@ impl Lookup {
 pub async fn connect_first(addrs: impl Iterator<Item = SocketAddr>) -> io::Result<TcpStream> {
     let mut last = io::Error::new(io::ErrorKind::NotFound, "no address to connect to");
     for addr in addrs {
-        match connect_one(addr).await {
+        match TcpStream::connect(addr).await {
             Ok(stream) => return Ok(stream),
             Err(err) => last = err,
         }
     }
     Err(last)
-}
-
-/// A non-blocking connect, as `TcpStream::connect` does it: wait for
-/// write readiness, then ask the socket for its error
-/// (`getsockopt(SO_ERROR)`). Readiness alone would save that call, but a
-/// refused connect can show as plain writable readiness (seen once in CI
-/// under load: the client was then reset), so the socket decides.
-async fn connect_one(addr: SocketAddr) -> io::Result<TcpStream> {
-    use tokio::io::Interest;
-    let socket = Socket::new(
-        Domain::for_address(addr),
-        Type::STREAM.nonblocking(),
-        Some(Protocol::TCP),
-    )?;
-    match socket.connect(&addr.into()) {
-        Ok(()) => {}
-        Err(err) if err.raw_os_error() == Some(libc::EINPROGRESS) => {}
-        Err(err) => return Err(err),
-    }
-    let stream = TcpStream::from_std(std::net::TcpStream::from(socket))?;
-    let ready = stream.ready(Interest::WRITABLE | Interest::ERROR).await?;
-    if let Some(err) = stream.take_error()? {
-        return Err(err);
-    }
-    if ready.is_write_closed() {
-        // Hung up without an error: nobody took the connection.
-        return Err(io::ErrorKind::ConnectionRefused.into());
-    }
-    Ok(stream)
 }
 
 /// Errors that mean this process is out of a resource (fds, buffers,
@@ -295,8 +266,8 @@ mod tests {
         assert_eq!(socket.tcp_keepalive_interval().unwrap(), KEEPALIVE_INTERVAL);
     }
 
-    /// The connect that decides from readiness alone still reports a
-    /// refused port as refused, and a port that accepts as connected.
+    /// A refused port is reported as refused, and the next address that
+    /// accepts is connected.
     #[tokio::test]
     async fn connect_reports_refusal_and_success() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

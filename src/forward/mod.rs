@@ -19,7 +19,7 @@ pub mod splice;
 
 use std::fmt;
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpStream;
@@ -293,11 +293,11 @@ fn tag(side: Side) -> impl FnOnce(io::Error) -> io::Error {
 
 /// When a byte last moved, as coarse milliseconds since the connection
 /// started; shared by both directions and read by the idle timer. Also
-/// counts the directions that reached EOF.
+/// whether a direction already reached EOF.
 struct Activity {
     start: Instant,
     last_ms: AtomicU64,
-    eofs: AtomicU64,
+    eof_seen: AtomicBool,
 }
 
 impl Activity {
@@ -305,13 +305,13 @@ impl Activity {
         Activity {
             start: Instant::now(),
             last_ms: AtomicU64::new(0),
-            eofs: AtomicU64::new(0),
+            eof_seen: AtomicBool::new(false),
         }
     }
 
     /// A direction reached EOF; true when the other one already had.
     fn second_eof(&self) -> bool {
-        self.eofs.fetch_add(1, Ordering::Relaxed) == 1
+        self.eof_seen.swap(true, Ordering::Relaxed)
     }
 
     fn touch(&self) {
